@@ -1,0 +1,101 @@
+//! The command line every worker accepts, as LocalAI starts it:
+//! `run.sh --addr 127.0.0.1:PORT` or `run.sh --addr=127.0.0.1:PORT`.
+use std::fmt;
+
+/// The default listening address, LocalAI's.
+pub const DEFAULT_ADDR: &str = "localhost:50051";
+
+/// Arguments of the gRPC server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (IPv6 as [::1]:PORT).
+    #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: ListenAddr,
+}
+
+/// A validated `HOST:PORT`; the host may be a name (resolved when binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// Host name or IP literal (brackets kept for IPv6).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `HOST:PORT`, telling what to fix when it is not one.
+pub fn parse_addr(raw: &str) -> Result<ListenAddr, String> {
+    let hint = "expected HOST:PORT, e.g. 127.0.0.1:50051, localhost:50051 or [::1]:50051";
+    let (host, port) = raw
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{raw}` has no port; {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{raw}` is not a port number (0-65535); {hint}"))?;
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+    };
+    if !valid_host {
+        return Err(format!(
+            "`{host}` in `{raw}` is not a host name or IP address; {hint}"
+        ));
+    }
+    Ok(ListenAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn both_flag_forms_and_default() {
+        let a = Cli::try_parse_from(["w", "--addr", "127.0.0.1:5000"]).unwrap();
+        let b = Cli::try_parse_from(["w", "--addr=127.0.0.1:5000"]).unwrap();
+        assert_eq!(a.serve.addr, b.serve.addr);
+        assert_eq!(a.serve.addr.to_string(), "127.0.0.1:5000");
+        let d = Cli::try_parse_from(["w"]).unwrap();
+        assert_eq!(d.serve.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn ipv6_and_names() {
+        assert_eq!(parse_addr("[::1]:9").unwrap().host, "[::1]");
+        assert_eq!(parse_addr("my-host.local:80").unwrap().port, 80);
+    }
+
+    #[test]
+    fn bad_addresses_say_what_to_fix() {
+        for bad in [
+            "localhost",
+            "host:port",
+            "host:70000",
+            ":50051",
+            "a b:1",
+            "::1:5",
+        ] {
+            let e = parse_addr(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The seam between the shared gRPC service and an inference engine.
+//!
+//! An engine does only what is specific to it: load a model, tokenize, and generate tokens
+//! for a prompt under given sampling parameters. Everything about the protocol (validation,
+//! stop sequences, UTF-8 assembly, reply building, status, auth) lives in this crate.
+use std::path::PathBuf;
+
+use crate::options::Options;
+use crate::pb;
+use crate::sampling::SamplingParams;
+use crate::template::{SpecialTokens, TemplateSource};
+
+/// What went wrong in an engine; mapped to a gRPC status at the server edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A request that needs a model arrived before LoadModel succeeded.
+    #[error("no model is loaded: call LoadModel first")]
+    NotLoaded,
+    /// The model file or folder does not exist.
+    #[error("model not found: {0}")]
+    ModelNotFound(PathBuf),
+    /// The model exists but could not be loaded.
+    #[error("cannot load model {path}: {reason}")]
+    InvalidModel {
+        /// The path that was tried.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request field or option is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request cannot be served in the worker's current state (e.g. the model has no
+    /// chat template).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request does not fit (context, memory).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The engine does not offer this call.
+    #[error("{0} is not supported by this backend")]
+    Unimplemented(&'static str),
+    /// An engine failure that is not the caller's fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A LoadModel request with the model path resolved and options parsed.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// The raw request, for engine-specific fields (ContextSize, Threads, ...).
+    pub options: pb::ModelOptions,
+    /// `ModelOptions.Options`, parsed.
+    pub extra: Options,
+    /// The model file or folder to load.
+    pub path: PathBuf,
+}
+
+/// Facts about the loaded model that the shared layer needs.
+#[derive(Debug, Clone, Default)]
+pub struct ModelInfo {
+    /// The model's own name (GGUF `general.name`, HF `_name_or_path`), if any.
+    pub name: Option<String>,
+    /// Context length in tokens that requests must fit in.
+    pub context_length: u32,
+    /// The model's chat template(s), if it ships any.
+    pub chat_template: Option<TemplateSource>,
+    /// BOS/EOS token text for templates.
+    pub special_tokens: SpecialTokens,
+}
+
+/// The prompt of a generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// Prompt text; special tokens written in it (`<|im_start|>`) are parsed as such.
+    pub text: String,
+    /// Whether the engine adds the model's BOS token (false when a chat template already
+    /// wrote it).
+    pub add_bos: bool,
+}
+
+/// One generation request, validated.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// Maximum new tokens; `None` means until EOS or the end of the context.
+    pub max_tokens: Option<u32>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// A GBNF grammar constraining the output, if any.
+    pub grammar: Option<String>,
+    /// Number of top alternatives to report per token when logprobs are requested.
+    pub logprobs: Option<u32>,
+}
+
+/// A token's log-probability and its best alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// Log-probability of the chosen token.
+    pub logprob: f32,
+    /// The best alternatives: (token id, piece bytes, log-probability).
+    pub top: Vec<(i32, Vec<u8>, f32)>,
+}
+
+/// One generated token as the engine produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    /// Token id.
+    pub id: i32,
+    /// The token's bytes; a multi-byte character may be split across tokens.
+    pub piece: Vec<u8>,
+    /// A control token (`<|im_end|>`, `<|channel|>`): its piece is markup, not text.
+    pub special: bool,
+    /// Set when the request asked for logprobs.
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// Whether generation goes on after a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Produce the next token.
+    Continue,
+    /// Stop now (stop sequence, client gone, shutdown).
+    Stop,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token.
+    Eos,
+    /// `max_tokens` or the context end was reached.
+    Length,
+    /// The consumer asked to stop.
+    Stopped,
+}
+
+/// Counts and timings of a finished generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    /// Prompt tokens evaluated.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Milliseconds spent on the prompt.
+    pub prompt_ms: f64,
+    /// Milliseconds spent generating.
+    pub generation_ms: f64,
+    /// Why it ended.
+    pub finish: FinishReason,
+}
+
+/// Receives tokens as they are generated.
+pub trait TokenSink: Send {
+    /// Called for each new token; returning [`Flow::Stop`] ends generation.
+    fn token(&mut self, token: GeneratedToken) -> Flow;
+}
+
+/// Memory held by the engine, by part (bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Named parts, e.g. "weights", "kv_cache".
+    pub parts: Vec<(String, u64)>,
+}
+
+/// An inference engine behind the shared gRPC service.
+///
+/// Methods are blocking; the server calls them from a blocking thread pool. Engines
+/// synchronise internally, so several requests may call in at once.
+pub trait Engine: Send + Sync + 'static {
+    /// Loads a model, replacing any loaded one.
+    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError>;
+    /// Releases the loaded model; a later `load` works again.
+    fn unload(&self) -> Result<(), EngineError>;
+    /// Whether a model is loaded.
+    fn is_loaded(&self) -> bool;
+    /// Tokenizes text as a raw prompt would be (BOS when `add_bos`, special tokens parsed).
+    fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError>;
+    /// Generates tokens for `request`, handing each to `sink` until it stops, EOS, or the limit.
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        sink: &mut dyn TokenSink,
+    ) -> Result<GenerationStats, EngineError>;
+    /// An embedding of `text` (for models loaded with `Embeddings`).
+    fn embed(&self, _text: &str) -> Result<Vec<f32>, EngineError> {
+        Err(EngineError::Unimplemented("Embedding"))
+    }
+    /// Memory the engine holds, by part.
+    fn memory(&self) -> MemoryReport {
+        MemoryReport::default()
+    }
+}

@@ -1,0 +1,23 @@
+//! Everything two LocalAI backend workers share.
+//!
+//! A backend implements [`engine::Engine`] (load, tokenize, generate: the engine-specific
+//! part) and calls [`server::run`]; this crate provides the gRPC service (`backend.Backend`,
+//! wire-compatible with LocalAI), its command line, bearer auth, limits, graceful shutdown,
+//! reflection, `key:value` options, sampling parameters, stop sequences and the assembly of
+//! replies from generated tokens.
+
+pub mod chat;
+pub mod cli;
+pub mod engine;
+pub mod model_path;
+pub mod options;
+pub mod parsers;
+pub mod pb;
+pub mod reply;
+pub mod request;
+pub mod sampling;
+pub mod server;
+pub mod status;
+pub mod stop;
+pub mod template;
+pub mod text;

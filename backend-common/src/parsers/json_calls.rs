@@ -1,0 +1,816 @@
+//! The engine behind every format whose calls are JSON: a call is introduced by an opener (a tag
+//! such as `<tool_call>`, a fence, or a bare `{`/`[`), followed by a call object, an array of
+//! call objects, or a name and a JSON arguments value, and optionally closed by a tag.
+//!
+//! A candidate call is held back until it is certain (its name is known and accepted); if it turns
+//! out not to be a call, the held text is released as content. After that point the arguments
+//! stream through as raw text.
+
+use super::call_object::{CallObject, ObjectFeed};
+use super::json_scan::{Feed, JsonScanner};
+use super::markers::{Prefix, Scan, leading_ws, name_prefix, scan, starts_with};
+use super::stream::{End, Sink, Stage};
+use super::types::ParseOptions;
+
+/// What follows an opener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// One call object.
+    Object,
+    /// A JSON array of call objects.
+    Array,
+    /// The items of an array whose `[` was part of the opener.
+    ArrayItems,
+    /// An array of call objects, or one call object.
+    ObjectOrArray,
+    /// An array of call objects, or a name and a JSON arguments value (Mistral).
+    ArrayOrNamed { name_end: &'static str },
+    /// A name up to `name_end`, then a JSON arguments value.
+    Named {
+        name_end: &'static str,
+        consume_end: bool,
+    },
+}
+
+/// Text that introduces calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opener {
+    pub(crate) open: &'static str,
+    pub(crate) close: Option<&'static str>,
+    pub(crate) body: Body,
+    /// The opener is the first character of the body (a bare `{` or `[`), not markup.
+    pub(crate) part_of_body: bool,
+    /// Whitespace before this opener belongs to the call, not to the content.
+    pub(crate) absorb_ws: bool,
+    /// Calls found here must name one of the request's tools.
+    pub(crate) check_name: bool,
+}
+
+impl Opener {
+    /// A tag followed by `body` and closed by `close`.
+    pub(crate) const fn tag(open: &'static str, close: Option<&'static str>, body: Body) -> Opener {
+        Opener {
+            open,
+            close,
+            body,
+            part_of_body: false,
+            absorb_ws: false,
+            check_name: false,
+        }
+    }
+
+    /// A bare `{` or `[` that starts a body.
+    pub(crate) const fn bare(open: &'static str, body: Body) -> Opener {
+        Opener {
+            open,
+            close: None,
+            body,
+            part_of_body: true,
+            absorb_ws: true,
+            check_name: false,
+        }
+    }
+
+    /// The same opener, absorbing the whitespace before it.
+    pub(crate) const fn absorbing(mut self) -> Opener {
+        self.absorb_ws = true;
+        self
+    }
+
+    /// The same opener, requiring the call to name a request tool.
+    pub(crate) const fn checked(mut self) -> Opener {
+        self.check_name = true;
+        self
+    }
+}
+
+/// What happens to text that is not part of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prose {
+    /// Content, streamed as it comes (dropped after the first call if `drop_after_call`).
+    Stream { drop_after_call: bool },
+    /// Held until the end; dropped entirely once calls are found (llama3_json, phi4).
+    DropIfCalls,
+}
+
+/// When a call is emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// As soon as its name is known and accepted; arguments then stream.
+    AtName,
+    /// Only once its closing tag is seen (Granite 4 requires complete calls).
+    AtClose,
+}
+
+/// Description of one JSON-call format.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonFormat {
+    pub(crate) openers: Vec<Opener>,
+    /// Markup removed from content.
+    pub(crate) strip: &'static [&'static str],
+    pub(crate) prose: Prose,
+    pub(crate) commit: Commit,
+    /// Trailing whitespace of content is dropped before every call, not only absorbing ones.
+    pub(crate) trim_before_calls: bool,
+    /// An unfinished candidate at the end is released as content (else dropped).
+    pub(crate) release_unfinished: bool,
+    /// A call object without arguments is not a call (else its arguments are `{}`).
+    pub(crate) require_arguments: bool,
+    /// Calls are recognised only at the very start of the output.
+    pub(crate) anchored: bool,
+    /// A failed candidate releases only the text after the opener and its whitespace (Mistral).
+    pub(crate) release_without_opener: bool,
+}
+
+impl JsonFormat {
+    /// A format with the common defaults: streamed content dropped after calls, commit at name,
+    /// unfinished candidates released, arguments optional.
+    pub(crate) fn new(openers: Vec<Opener>) -> JsonFormat {
+        JsonFormat {
+            openers,
+            strip: &[],
+            prose: Prose::Stream {
+                drop_after_call: true,
+            },
+            commit: Commit::AtName,
+            trim_before_calls: false,
+            release_unfinished: true,
+            require_arguments: false,
+            anchored: false,
+            release_without_opener: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArrayExpect {
+    Open,
+    FirstOrEnd,
+    Item,
+    CommaOrEnd,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Prose,
+    /// Anchored format whose start was not a call: everything is content.
+    ContentOnly,
+    /// After an opener, before its body.
+    Skip,
+    Object(CallObject),
+    Array(ArrayExpect, CallObject),
+    Name(String),
+    Arguments(JsonScanner),
+    /// Arguments that are not valid JSON, passed through until a close tag or opener.
+    RawArguments,
+    /// After a body: optional whitespace and close tag.
+    Close,
+}
+
+/// Longest function name accepted in the `Named` form; longer text is prose.
+const MAX_NAME_LEN: usize = 256;
+
+/// Streaming parser for a [`JsonFormat`].
+pub(crate) struct JsonCalls {
+    format: JsonFormat,
+    options: ParseOptions,
+    markers: Vec<&'static str>,
+    /// Per opener: where raw (non-JSON) arguments stop: its close tag and every tag opener.
+    raw_stops: Vec<Vec<&'static str>>,
+    mode: Mode,
+    /// Index into `format.openers` of the current candidate.
+    opener: usize,
+    /// Raw text of the current candidate while nothing of it is committed.
+    held: String,
+    /// The current candidate produced a call.
+    candidate_committed: bool,
+    /// The current call was announced; its arguments stream.
+    call_committed: bool,
+    /// A call awaiting its close tag (`Commit::AtClose`).
+    pending_call: Option<(String, String)>,
+    /// Calls were found (or an explicit empty call list).
+    calls_found: bool,
+    /// Trailing whitespace of content, kept until we know whether a call follows.
+    ws_hold: String,
+    /// Content held for `Prose::DropIfCalls`.
+    prose_hold: String,
+    at_start: bool,
+}
+
+impl JsonCalls {
+    pub(crate) fn new(format: JsonFormat, options: ParseOptions) -> JsonCalls {
+        let markers = format
+            .openers
+            .iter()
+            .map(|opener| opener.open)
+            .chain(format.strip.iter().copied())
+            .collect();
+        let tag_openers = format
+            .openers
+            .iter()
+            .filter(|opener| !opener.part_of_body)
+            .map(|opener| opener.open);
+        let raw_stops = format
+            .openers
+            .iter()
+            .map(|opener| {
+                opener
+                    .close
+                    .into_iter()
+                    .chain(tag_openers.clone())
+                    .collect()
+            })
+            .collect();
+        JsonCalls {
+            format,
+            options,
+            markers,
+            raw_stops,
+            mode: Mode::Prose,
+            opener: 0,
+            held: String::new(),
+            candidate_committed: false,
+            call_committed: false,
+            pending_call: None,
+            calls_found: false,
+            ws_hold: String::new(),
+            prose_hold: String::new(),
+            at_start: true,
+        }
+    }
+
+    fn current(&self) -> Opener {
+        self.format.openers[self.opener]
+    }
+
+    fn absorbs_ws(&self) -> bool {
+        self.format.trim_before_calls || self.format.openers.iter().any(|o| o.absorb_ws)
+    }
+
+    /// Routes text outside calls.
+    fn emit_prose(&mut self, text: &str, out: &mut dyn Sink) {
+        if text.is_empty() {
+            return;
+        }
+        match self.format.prose {
+            Prose::DropIfCalls if !self.calls_found => self.prose_hold.push_str(text),
+            Prose::DropIfCalls => {}
+            Prose::Stream {
+                drop_after_call: true,
+            } if self.calls_found => {}
+            Prose::Stream { .. } => out.content(text),
+        }
+    }
+
+    /// Content text, keeping trailing whitespace back when a call may absorb it.
+    fn prose(&mut self, text: &str, out: &mut dyn Sink) {
+        if !self.absorbs_ws() {
+            self.emit_prose(text, out);
+            return;
+        }
+        let body = text.trim_end();
+        if !body.is_empty() {
+            let ws = std::mem::take(&mut self.ws_hold);
+            self.emit_prose(&ws, out);
+            self.emit_prose(body, out);
+        }
+        self.ws_hold.push_str(&text[body.len()..]);
+    }
+
+    fn flush_ws(&mut self, out: &mut dyn Sink) {
+        let ws = std::mem::take(&mut self.ws_hold);
+        self.emit_prose(&ws, out);
+    }
+
+    fn start_candidate(&mut self, opener: usize, out: &mut dyn Sink) {
+        self.opener = opener;
+        let current = self.current();
+        let ws = std::mem::take(&mut self.ws_hold);
+        if current.absorb_ws || self.format.trim_before_calls {
+            self.held = ws;
+        } else {
+            self.emit_prose(&ws, out);
+            self.held.clear();
+        }
+        if !current.part_of_body && !self.format.release_without_opener {
+            self.held.push_str(current.open);
+        }
+        self.candidate_committed = false;
+        self.call_committed = false;
+        self.pending_call = None;
+        self.mode = Mode::Skip;
+    }
+
+    /// Keeps candidate text for a possible release.
+    fn hold(&mut self, text: &str) {
+        if !self.candidate_committed {
+            self.held.push_str(text);
+        }
+    }
+
+    /// The candidate is not a call: its text becomes content again.
+    fn fail_candidate(&mut self, out: &mut dyn Sink) {
+        let held = std::mem::take(&mut self.held);
+        if !self.candidate_committed {
+            self.emit_prose(&held, out);
+        }
+        self.pending_call = None;
+        self.call_committed = false;
+        self.mode = if self.format.anchored && !self.candidate_committed {
+            Mode::ContentOnly
+        } else {
+            Mode::Prose
+        };
+    }
+
+    fn announce(&mut self, name: &str, out: &mut dyn Sink) {
+        if !self.calls_found {
+            self.calls_found = true;
+            self.prose_hold.clear();
+        }
+        self.held.clear();
+        self.candidate_committed = true;
+        self.call_committed = true;
+        out.call_start(name, None);
+    }
+
+    fn accepts(&self, name: &str) -> bool {
+        !self.current().check_name || self.options.has_tool(name)
+    }
+
+    /// Announces the object's call once it qualifies (Commit::AtName).
+    fn try_commit_object(&mut self, object: &mut CallObject, out: &mut dyn Sink) -> bool {
+        if self.call_committed || self.format.commit != Commit::AtName {
+            return true;
+        }
+        let Some(name) = object.name().map(str::to_owned) else {
+            return true;
+        };
+        if !self.accepts(&name) {
+            return false;
+        }
+        if object.arguments_seen() || !self.format.require_arguments {
+            self.announce(&name, out);
+        }
+        true
+    }
+
+    /// Feeds a call object (alone or as an array item); returns bytes used and the feed result.
+    fn feed_object(
+        &mut self,
+        object: &mut CallObject,
+        rest: &str,
+        out: &mut dyn Sink,
+    ) -> (usize, ObjectOutcome) {
+        let fed = object.feed(rest);
+        let used = match fed {
+            ObjectFeed::More => rest.len(),
+            ObjectFeed::Done(n) | ObjectFeed::Invalid(n) => n,
+        };
+        if !self.call_committed {
+            self.hold(&rest[..used]);
+        }
+        if !self.try_commit_object(object, out) {
+            return (used, ObjectOutcome::Rejected);
+        }
+        if self.call_committed {
+            out.call_args(&object.take_arguments());
+        }
+        let outcome = match fed {
+            ObjectFeed::More => ObjectOutcome::More,
+            ObjectFeed::Done(_) => self.object_done(object, out),
+            ObjectFeed::Invalid(_) if self.call_committed && object.in_arguments() => {
+                ObjectOutcome::RawArguments
+            }
+            ObjectFeed::Invalid(_) if self.call_committed => {
+                if !object.arguments_seen() {
+                    out.call_args("{}");
+                }
+                ObjectOutcome::Finished
+            }
+            ObjectFeed::Invalid(_) => ObjectOutcome::Rejected,
+        };
+        (used, outcome)
+    }
+
+    fn object_done(&mut self, object: &mut CallObject, out: &mut dyn Sink) -> ObjectOutcome {
+        if self.call_committed {
+            if !object.arguments_seen() {
+                out.call_args("{}");
+            }
+            return ObjectOutcome::Finished;
+        }
+        let Some(name) = object.name().map(str::to_owned) else {
+            return ObjectOutcome::Rejected;
+        };
+        if !self.accepts(&name) || (self.format.require_arguments && !object.arguments_seen()) {
+            return ObjectOutcome::Rejected;
+        }
+        let mut arguments = object.take_arguments();
+        if !object.arguments_seen() {
+            arguments = "{}".to_owned();
+        }
+        match self.format.commit {
+            Commit::AtName => {
+                self.announce(&name, out);
+                out.call_args(&arguments);
+            }
+            Commit::AtClose => self.pending_call = Some((name, arguments)),
+        }
+        ObjectOutcome::Finished
+    }
+
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        match std::mem::replace(&mut self.mode, Mode::Prose) {
+            Mode::Prose => self.step_prose(rest, end, out),
+            Mode::ContentOnly => {
+                self.mode = Mode::ContentOnly;
+                self.flush_ws(out);
+                self.emit_prose(rest, out);
+                (!rest.is_empty()).then_some(rest.len())
+            }
+            Mode::Skip => self.step_skip(rest),
+            Mode::Object(object) => self.step_object(object, rest, out),
+            Mode::Array(expect, object) => self.step_array(expect, object, rest, out),
+            Mode::Name(name) => self.step_name(name, rest, end, out),
+            Mode::Arguments(scanner) => self.step_arguments(scanner, rest, out),
+            Mode::RawArguments => self.step_raw_arguments(rest, end, out),
+            Mode::Close => self.step_close(rest, end, out),
+        }
+    }
+
+    fn step_prose(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        self.mode = Mode::Prose;
+        if rest.is_empty() {
+            return None;
+        }
+        if self.format.anchored {
+            return self.step_anchored_start(rest, end, out);
+        }
+        match scan(rest, &self.markers, end) {
+            Scan::Found { at, marker } => {
+                self.prose(&rest[..at], out);
+                if marker < self.format.openers.len() {
+                    self.start_candidate(marker, out);
+                    let opener = self.current();
+                    Some(
+                        at + if opener.part_of_body {
+                            0
+                        } else {
+                            opener.open.len()
+                        },
+                    )
+                } else {
+                    Some(at + self.markers[marker].len())
+                }
+            }
+            Scan::Partial { at } => {
+                self.prose(&rest[..at], out);
+                (at > 0).then_some(at)
+            }
+            Scan::Clear => {
+                self.prose(rest, out);
+                Some(rest.len())
+            }
+        }
+    }
+
+    /// Anchored formats: a call list may only open the output.
+    fn step_anchored_start(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        if !self.at_start {
+            self.emit_prose(rest, out);
+            return Some(rest.len());
+        }
+        let ws = leading_ws(rest);
+        if ws > 0 {
+            self.ws_hold.push_str(&rest[..ws]);
+            return Some(ws);
+        }
+        let mut undecided = false;
+        for index in 0..self.format.openers.len() {
+            let opener = self.format.openers[index];
+            match starts_with(rest, opener.open, end) {
+                Prefix::Yes => {
+                    self.at_start = false;
+                    self.start_candidate(index, out);
+                    return Some(if opener.part_of_body {
+                        0
+                    } else {
+                        opener.open.len()
+                    });
+                }
+                Prefix::Undecided => undecided = true,
+                Prefix::No => {}
+            }
+        }
+        if undecided {
+            return None;
+        }
+        self.at_start = false;
+        self.mode = Mode::ContentOnly;
+        Some(0)
+    }
+
+    fn step_skip(&mut self, rest: &str) -> Option<usize> {
+        self.mode = Mode::Skip;
+        let ws = leading_ws(rest);
+        if ws > 0 {
+            if !self.format.release_without_opener {
+                self.hold(&rest[..ws]);
+            }
+            return Some(ws);
+        }
+        let first = *rest.as_bytes().first()?;
+        self.mode = match self.current().body {
+            Body::Object => Mode::Object(CallObject::new()),
+            Body::Array => Mode::Array(ArrayExpect::Open, CallObject::new()),
+            Body::ArrayItems => Mode::Array(ArrayExpect::FirstOrEnd, CallObject::new()),
+            Body::ObjectOrArray if first == b'[' => {
+                Mode::Array(ArrayExpect::Open, CallObject::new())
+            }
+            Body::ObjectOrArray => Mode::Object(CallObject::new()),
+            Body::ArrayOrNamed { .. } if first == b'[' => {
+                Mode::Array(ArrayExpect::Open, CallObject::new())
+            }
+            Body::ArrayOrNamed { .. } | Body::Named { .. } => Mode::Name(String::new()),
+        };
+        Some(0)
+    }
+
+    fn step_object(
+        &mut self,
+        mut object: CallObject,
+        rest: &str,
+        out: &mut dyn Sink,
+    ) -> Option<usize> {
+        if rest.is_empty() {
+            self.mode = Mode::Object(object);
+            return None;
+        }
+        let (used, outcome) = self.feed_object(&mut object, rest, out);
+        match outcome {
+            ObjectOutcome::More => self.mode = Mode::Object(object),
+            ObjectOutcome::Finished => self.mode = Mode::Close,
+            ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
+            ObjectOutcome::Rejected => self.fail_candidate(out),
+        }
+        Some(used)
+    }
+
+    fn step_array(
+        &mut self,
+        expect: ArrayExpect,
+        mut object: CallObject,
+        rest: &str,
+        out: &mut dyn Sink,
+    ) -> Option<usize> {
+        let Some(&first) = rest.as_bytes().first() else {
+            self.mode = Mode::Array(expect, object);
+            return None;
+        };
+        if expect != ArrayExpect::Item && first.is_ascii_whitespace() {
+            let ws = leading_ws(rest);
+            self.hold(&rest[..ws]);
+            self.mode = Mode::Array(expect, object);
+            return Some(ws);
+        }
+        match (expect, first) {
+            (ArrayExpect::Open, b'[') => {
+                self.hold("[");
+                self.mode = Mode::Array(ArrayExpect::FirstOrEnd, object);
+                Some(1)
+            }
+            (ArrayExpect::FirstOrEnd | ArrayExpect::CommaOrEnd, b']') => {
+                self.hold("]");
+                if !self.calls_found {
+                    // An explicit call list, even empty, means "tools were called".
+                    self.calls_found = true;
+                    self.prose_hold.clear();
+                }
+                self.mode = Mode::Close;
+                Some(1)
+            }
+            (ArrayExpect::FirstOrEnd, _) => {
+                self.call_committed = false;
+                self.mode = Mode::Array(ArrayExpect::Item, CallObject::new());
+                Some(0)
+            }
+            (ArrayExpect::CommaOrEnd, b',') => {
+                self.hold(",");
+                self.call_committed = false;
+                self.mode = Mode::Array(ArrayExpect::Item, CallObject::new());
+                Some(1)
+            }
+            (ArrayExpect::Item, _) => {
+                let (used, outcome) = self.feed_object(&mut object, rest, out);
+                match outcome {
+                    ObjectOutcome::More => self.mode = Mode::Array(ArrayExpect::Item, object),
+                    ObjectOutcome::Finished => {
+                        self.call_committed = false;
+                        self.mode = Mode::Array(ArrayExpect::CommaOrEnd, CallObject::new());
+                    }
+                    ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
+                    ObjectOutcome::Rejected => self.fail_candidate(out),
+                }
+                Some(used)
+            }
+            _ => {
+                self.fail_candidate(out);
+                Some(0)
+            }
+        }
+    }
+
+    fn step_name(
+        &mut self,
+        mut name: String,
+        rest: &str,
+        end: End,
+        out: &mut dyn Sink,
+    ) -> Option<usize> {
+        let (name_end, consume_end) = match self.current().body {
+            Body::Named {
+                name_end,
+                consume_end,
+            } => (name_end, consume_end),
+            Body::ArrayOrNamed { name_end } => (name_end, false),
+            _ => ("", false),
+        };
+        let (taken, ended) = match scan(rest, &[name_end], end) {
+            Scan::Found { at, .. } => (at, true),
+            Scan::Partial { at } => (at, false),
+            Scan::Clear => (rest.len(), false),
+        };
+        let valid = name_prefix(&rest[..taken], name.len(), MAX_NAME_LEN, |c| {
+            c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')
+        });
+        name.push_str(&rest[..valid]);
+        self.hold(&rest[..valid]);
+        if valid < taken {
+            self.fail_candidate(out);
+            return Some(valid);
+        }
+        if !ended {
+            self.mode = Mode::Name(name);
+            return (taken > 0).then_some(taken);
+        }
+        if name.is_empty() || !self.accepts(&name) {
+            self.fail_candidate(out);
+            return Some(taken);
+        }
+        let used = taken + if consume_end { name_end.len() } else { 0 };
+        match self.format.commit {
+            Commit::AtName => self.announce(&name, out),
+            // Named formats are not used with Commit::AtClose; keep the name for the close.
+            Commit::AtClose => self.pending_call = Some((name, String::new())),
+        }
+        self.mode = Mode::Arguments(JsonScanner::new());
+        Some(used)
+    }
+
+    fn step_arguments(
+        &mut self,
+        mut scanner: JsonScanner,
+        rest: &str,
+        out: &mut dyn Sink,
+    ) -> Option<usize> {
+        if rest.is_empty() {
+            self.mode = Mode::Arguments(scanner);
+            return None;
+        }
+        if scanner.is_untouched() {
+            let ws = leading_ws(rest);
+            if ws > 0 {
+                self.mode = Mode::Arguments(scanner);
+                return Some(ws);
+            }
+        }
+        let (used, next) = match scanner.feed(rest) {
+            Feed::More => (rest.len(), Mode::Arguments(scanner)),
+            Feed::Done(n) => (n, Mode::Close),
+            Feed::Invalid(n) => (n, Mode::RawArguments),
+        };
+        self.arguments(&rest[..used], out);
+        self.mode = next;
+        Some(used)
+    }
+
+    fn arguments(&mut self, text: &str, out: &mut dyn Sink) {
+        match &mut self.pending_call {
+            Some((_, arguments)) => arguments.push_str(text),
+            None => out.call_args(text),
+        }
+    }
+
+    fn step_raw_arguments(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        self.mode = Mode::RawArguments;
+        if rest.is_empty() {
+            return None;
+        }
+        match scan(rest, &self.raw_stops[self.opener], end) {
+            Scan::Found { at, .. } => {
+                self.arguments(&rest[..at], out);
+                self.mode = Mode::Close;
+                Some(at)
+            }
+            Scan::Partial { at } => {
+                self.arguments(&rest[..at], out);
+                (at > 0).then_some(at)
+            }
+            Scan::Clear => {
+                self.arguments(rest, out);
+                Some(rest.len())
+            }
+        }
+    }
+
+    fn step_close(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        let Some(close) = self.current().close else {
+            self.close_done(out);
+            return Some(0);
+        };
+        let ws = leading_ws(rest);
+        match starts_with(&rest[ws..], close, end) {
+            Prefix::Yes => {
+                self.close_done(out);
+                Some(ws + close.len())
+            }
+            Prefix::Undecided => {
+                self.mode = Mode::Close;
+                None
+            }
+            Prefix::No if self.pending_call.is_some() => {
+                self.fail_candidate(out);
+                Some(0)
+            }
+            Prefix::No => {
+                self.close_done(out);
+                Some(0)
+            }
+        }
+    }
+
+    fn close_done(&mut self, out: &mut dyn Sink) {
+        if let Some((name, arguments)) = self.pending_call.take() {
+            self.announce(&name, out);
+            out.call_args(&arguments);
+        }
+        self.held.clear();
+        self.call_committed = false;
+        self.mode = Mode::Prose;
+    }
+}
+
+/// What a fed call object amounted to.
+enum ObjectOutcome {
+    More,
+    Finished,
+    RawArguments,
+    Rejected,
+}
+
+impl Stage for JsonCalls {
+    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
+        let mut used = 0;
+        while let Some(step) = self.step(&input[used..], end, out) {
+            used += step;
+        }
+        used
+    }
+
+    fn finish(&mut self, out: &mut dyn Sink) {
+        match std::mem::replace(&mut self.mode, Mode::Prose) {
+            Mode::Prose | Mode::ContentOnly => {}
+            Mode::Arguments(scanner) if self.call_committed && scanner.is_untouched() => {
+                out.call_args("{}");
+            }
+            Mode::Object(object) | Mode::Array(ArrayExpect::Item, object)
+                if self.call_committed && !object.arguments_seen() =>
+            {
+                out.call_args("{}");
+            }
+            Mode::Close if self.pending_call.is_none() => {}
+            Mode::Arguments(_) | Mode::RawArguments | Mode::Object(_) | Mode::Array(..)
+                if self.call_committed || self.candidate_committed => {}
+            Mode::Skip
+            | Mode::Object(_)
+            | Mode::Array(..)
+            | Mode::Name(_)
+            | Mode::Arguments(_)
+            | Mode::RawArguments
+            | Mode::Close => {
+                if !self.format.release_unfinished {
+                    self.held.clear();
+                    self.pending_call = None;
+                    self.candidate_committed = true;
+                }
+                self.fail_candidate(out);
+            }
+        }
+        self.flush_ws(out);
+        if !self.calls_found {
+            let held = std::mem::take(&mut self.prose_hold);
+            out.content(&held);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! [`LlamaEngine`]: the llama.cpp implementation of the shared [`Engine`] trait.
+use std::io::Read;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+
+use backend_common::engine::{
+    Engine, EngineError, FinishReason, Flow, GenerationRequest, GenerationStats, LoadRequest,
+    MemoryReport, ModelInfo, TokenSink,
+};
+
+use backend_common::template::{SpecialTokens, TemplateSource};
+
+use crate::sampler;
+use crate::scheduler::{Event, Job, LoopConfig, Scheduler};
+use crate::settings::{CacheType, FlashAttention, LoadSettings};
+
+/// A loaded model and the decode loop serving it.
+struct Loaded {
+    // Field order matters: the scheduler's thread must end before the model is released.
+    scheduler: Scheduler,
+    model: Arc<LlamaModel>,
+    settings: LoadSettings,
+    context_per_slot: u32,
+    eog: Vec<LlamaToken>,
+    memory: MemoryReport,
+}
+
+/// The llama.cpp engine.
+pub struct LlamaEngine {
+    backend: Arc<LlamaBackend>,
+    loaded: RwLock<Option<Arc<Loaded>>>,
+}
+
+impl LlamaEngine {
+    /// Initialises llama.cpp (once per process) and routes its logs to `tracing`.
+    pub fn new() -> Result<Self, EngineError> {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        let backend = LlamaBackend::init()
+            .map_err(|e| EngineError::Internal(format!("cannot initialise llama.cpp: {e}")))?;
+        Ok(LlamaEngine {
+            backend: Arc::new(backend),
+            loaded: RwLock::new(None),
+        })
+    }
+
+    fn current(&self) -> Result<Arc<Loaded>, EngineError> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(EngineError::NotLoaded)
+    }
+
+    fn replace(&self, next: Option<Arc<Loaded>>) {
+        let previous = std::mem::replace(
+            &mut *self.loaded.write().unwrap_or_else(|e| e.into_inner()),
+            next,
+        );
+        // Dropped outside the lock: joining the decode thread may take a step.
+        drop(previous);
+    }
+}
+
+/// Checks that `path` is a readable GGUF file before llama.cpp sees it.
+fn check_gguf(path: &Path) -> Result<(), EngineError> {
+    let meta =
+        std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
+    let invalid = |reason: String| EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.is_dir() {
+        return Err(invalid(
+            "is a directory; this backend loads one GGUF file".into(),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(invalid(
+            "not a GGUF file (no GGUF magic at its start)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn kv_type(t: CacheType) -> KvCacheType {
+    match t {
+        CacheType::F32 => KvCacheType::F32,
+        CacheType::F16 => KvCacheType::F16,
+        CacheType::Bf16 => KvCacheType::BF16,
+        CacheType::Q8_0 => KvCacheType::Q8_0,
+        CacheType::Q4_0 => KvCacheType::Q4_0,
+        CacheType::Q4_1 => KvCacheType::Q4_1,
+        CacheType::Q5_0 => KvCacheType::Q5_0,
+        CacheType::Q5_1 => KvCacheType::Q5_1,
+        CacheType::Iq4Nl => KvCacheType::IQ4_NL,
+    }
+}
+
+fn context_params(s: &LoadSettings, context_per_slot: u32) -> LlamaContextParams {
+    let total = context_per_slot.saturating_mul(s.parallel);
+    let mut p = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total))
+        .with_n_batch(s.n_batch)
+        .with_n_ubatch(s.n_batch)
+        .with_n_seq_max(s.parallel)
+        .with_kv_unified(false)
+        .with_n_threads(s.threads)
+        .with_n_threads_batch(s.threads)
+        .with_embeddings(s.embeddings)
+        .with_flash_attention_policy(match s.flash_attention {
+            FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        });
+    if let Some(t) = s.cache_type_k {
+        p = p.with_type_k(kv_type(t));
+    }
+    if let Some(t) = s.cache_type_v {
+        p = p.with_type_v(kv_type(t));
+    }
+    if let Some(base) = s.rope_freq_base {
+        p = p.with_rope_freq_base(base);
+    }
+    if let Some(scale) = s.rope_freq_scale {
+        p = p.with_rope_freq_scale(scale);
+    }
+    p
+}
+
+/// Bytes of KV cache for `tokens` positions of `model`.
+fn kv_cache_bytes(model: &LlamaModel, s: &LoadSettings, tokens: u32) -> u64 {
+    let head_dim = model.n_embd() as f64 / model.n_head().max(1) as f64;
+    let per_token_elems = model.n_layer() as f64 * model.n_head_kv() as f64 * head_dim;
+    let k = s.cache_type_k.unwrap_or(CacheType::F16).bytes_per_element();
+    let v = s.cache_type_v.unwrap_or(CacheType::F16).bytes_per_element();
+    (tokens as f64 * per_token_elems * (k + v)) as u64
+}
+
+impl Engine for LlamaEngine {
+    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
+        let settings = LoadSettings::from_request(request)?;
+        check_gguf(&settings.path)?;
+        if let Some((lora, _)) = &settings.lora
+            && !lora.is_file()
+        {
+            return Err(EngineError::ModelNotFound(lora.clone()));
+        }
+        // The old model goes first so two never share memory; the checks above keep a bad
+        // request from costing the loaded model.
+        self.replace(None);
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(settings.gpu_layers)
+            .with_use_mmap(settings.mmap)
+            .with_use_mlock(settings.mlock);
+        let mut model = LlamaModel::load_from_file(&self.backend, &settings.path, &params)
+            .map_err(|e| EngineError::InvalidModel {
+                path: settings.path.clone(),
+                reason: format!("llama.cpp could not load it ({e})"),
+            })?;
+        let lora = match &settings.lora {
+            Some((path, scale)) => Some((
+                model
+                    .lora_adapter_init(path)
+                    .map_err(|e| EngineError::InvalidModel {
+                        path: path.clone(),
+                        reason: format!("not a LoRA adapter for this model ({e})"),
+                    })?,
+                *scale,
+            )),
+            None => None,
+        };
+        let model = Arc::new(model);
+        let context_per_slot = settings.effective_context(model.n_ctx_train());
+        let config = LoopConfig {
+            parallel: settings.parallel,
+            context_per_slot,
+            n_batch: settings.n_batch,
+            warmup: settings.warmup,
+        };
+        let scheduler = Scheduler::start(
+            Arc::clone(&self.backend),
+            Arc::clone(&model),
+            context_params(&settings, context_per_slot),
+            config,
+            lora,
+        )?;
+        let vocab = model.vocab();
+        let eog = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
+        let memory = MemoryReport {
+            parts: vec![
+                ("weights".to_string(), model.size()),
+                (
+                    "kv_cache".to_string(),
+                    kv_cache_bytes(&model, &settings, context_per_slot * settings.parallel),
+                ),
+            ],
+        };
+        let name = model.meta_val_str("general.name").ok();
+        let chat_template = model
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+            .map(TemplateSource::Single);
+        let special_tokens = special_tokens(&model);
+        self.replace(Some(Arc::new(Loaded {
+            scheduler,
+            model,
+            settings,
+            context_per_slot,
+            eog,
+            memory,
+        })));
+        Ok(ModelInfo {
+            name,
+            context_length: context_per_slot,
+            chat_template,
+            special_tokens,
+        })
+    }
+
+    fn unload(&self) -> Result<(), EngineError> {
+        self.replace(None);
+        Ok(())
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError> {
+        let loaded = self.current()?;
+        Ok(tokenize(&loaded.model, text, add_bos)
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        sink: &mut dyn TokenSink,
+    ) -> Result<GenerationStats, EngineError> {
+        let loaded = self.current()?;
+        let prompt = tokenize(&loaded.model, &request.prompt.text, request.prompt.add_bos);
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "the prompt tokenizes to nothing; send some text".into(),
+            ));
+        }
+        if prompt.len() >= loaded.context_per_slot as usize {
+            return Err(EngineError::InvalidArgument(format!(
+                "the prompt has {} tokens but the context holds {} per request; shorten it or load with a larger ContextSize",
+                prompt.len(),
+                loaded.context_per_slot
+            )));
+        }
+        let sampler = sampler::build(&loaded.model, request, &loaded.eog, loaded.settings.seed)?;
+        let (events, received) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        loaded.scheduler.submit(Job {
+            prompt,
+            request: request.clone(),
+            sampler,
+            events,
+            cancel: Arc::clone(&cancel),
+        })?;
+        // The loaded model must outlive the job even if it is replaced meanwhile.
+        drop(loaded);
+        let mut stopped = false;
+        for event in received {
+            match event {
+                Event::Token(token) if !stopped => {
+                    if sink.token(token) == Flow::Stop {
+                        stopped = true;
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                Event::Token(_) => {}
+                Event::Done(result) => {
+                    return result.map(|mut stats| {
+                        if stopped {
+                            stats.finish = FinishReason::Stopped;
+                        }
+                        stats
+                    });
+                }
+            }
+        }
+        Err(EngineError::Internal(
+            "the decode loop ended without finishing the request".into(),
+        ))
+    }
+
+    fn memory(&self) -> MemoryReport {
+        self.current().map(|l| l.memory.clone()).unwrap_or_default()
+    }
+}
+
+/// BOS/EOS as text, for chat templates that write them (`{{ bos_token }}`).
+fn special_tokens(model: &LlamaModel) -> SpecialTokens {
+    let vocab = model.vocab();
+    let text = |token: LlamaToken| {
+        (token.0 >= 0)
+            .then(|| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned())
+            .filter(|t| !t.is_empty())
+    };
+    SpecialTokens {
+        bos_token: text(vocab.bos()),
+        eos_token: text(vocab.eos()),
+    }
+}
+
+/// Tokenizes with special tokens parsed (`<|im_start|>` written in a prompt is one token);
+/// BOS is added when asked and the model uses one.
+fn tokenize(model: &LlamaModel, text: &str, add_bos: bool) -> Vec<LlamaToken> {
+    model.vocab().tokenize(text.as_bytes(), add_bos, true)
+}

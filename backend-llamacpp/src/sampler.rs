@@ -1,0 +1,91 @@
+//! A request's sampling parameters as a llama.cpp sampler chain.
+//!
+//! The order follows llama.cpp's common sampler: biases and grammar first (they remove or
+//! reshape candidates), then penalties, the truncations, temperature, and the final draw.
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+
+use backend_common::engine::{EngineError, GenerationRequest};
+
+/// Builds the sampler for one request. `eog` lists the end-of-generation tokens (banned
+/// when the request ignores EOS); `default_seed` applies when the request sends none.
+pub fn build(
+    model: &LlamaModel,
+    request: &GenerationRequest,
+    eog: &[LlamaToken],
+    default_seed: Option<u32>,
+) -> Result<LlamaSampler, EngineError> {
+    let p = &request.sampling;
+    let n_vocab = model.n_vocab();
+    let mut chain = Vec::new();
+
+    let mut biases: Vec<LlamaLogitBias> = Vec::new();
+    for &(id, bias) in &p.logit_bias {
+        if id < 0 || id >= n_vocab {
+            return Err(EngineError::InvalidArgument(format!(
+                "LogitBias: token id {id} is outside the vocabulary (0..{n_vocab})"
+            )));
+        }
+        biases.push(LlamaLogitBias::new(LlamaToken(id), bias));
+    }
+    if request.ignore_eos {
+        biases.extend(
+            eog.iter()
+                .map(|&t| LlamaLogitBias::new(t, f32::NEG_INFINITY)),
+        );
+    }
+    if !biases.is_empty() {
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    if let Some(grammar) = &request.grammar {
+        let sampler = LlamaSampler::grammar(model, grammar, "root").map_err(|e| {
+            EngineError::InvalidArgument(format!(
+                "Grammar: not a valid GBNF grammar with a `root` rule ({e})"
+            ))
+        })?;
+        chain.push(sampler);
+    }
+    if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            p.penalty_last_n as i32,
+            p.repeat_penalty,
+            p.frequency_penalty,
+            p.presence_penalty,
+        ));
+    }
+    if p.is_greedy() {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(p.top_k as i32));
+        }
+        if p.typical_p < 1.0 {
+            chain.push(LlamaSampler::typical(p.typical_p, 1));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        let seed = p.seed.or(default_seed).unwrap_or_else(random_seed);
+        chain.push(LlamaSampler::dist(seed));
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// A seed for requests that ask for none: different per request, no RNG crate needed.
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}

@@ -1,0 +1,409 @@
+//! The decode loop: one thread owns the llama.cpp context and advances every running
+//! request in one batch per step (continuous batching).
+//!
+//! Each request occupies a slot, which is also its KV-cache sequence id. A step puts the
+//! last sampled token of every generating slot and as much pending prompt as the batch
+//! budget allows into one `llama_decode`, then samples every slot whose logits are ready.
+//! New requests join between steps; finished or cancelled ones free their slot at once.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use backend_common::engine::{
+    EngineError, FinishReason, GeneratedToken, GenerationRequest, GenerationStats, TokenLogprob,
+};
+
+/// What a running request hears from the decode loop.
+#[derive(Debug)]
+pub enum Event {
+    /// A new token.
+    Token(GeneratedToken),
+    /// The request ended.
+    Done(Result<GenerationStats, EngineError>),
+}
+
+/// A request handed to the decode loop.
+pub struct Job {
+    /// The prompt, tokenized.
+    pub prompt: Vec<LlamaToken>,
+    /// Limits and logprob settings.
+    pub request: GenerationRequest,
+    /// The request's sampler chain.
+    pub sampler: LlamaSampler,
+    /// Where tokens go.
+    pub events: Sender<Event>,
+    /// Set by the requester to stop at the next step.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Shape of the decode loop.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    /// Slots (sequences decoded together).
+    pub parallel: u32,
+    /// Context length of each slot.
+    pub context_per_slot: u32,
+    /// Most tokens in one decode.
+    pub n_batch: u32,
+    /// Decode one token once before serving.
+    pub warmup: bool,
+}
+
+/// The running decode loop; dropping it stops the loop and fails requests still running.
+pub struct Scheduler {
+    jobs: Option<Sender<Job>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Creates the context on a new thread and starts the loop there.
+    pub fn start(
+        backend: Arc<LlamaBackend>,
+        model: Arc<LlamaModel>,
+        params: LlamaContextParams,
+        config: LoopConfig,
+        lora: Option<(LlamaLoraAdapter, f32)>,
+    ) -> Result<Self, EngineError> {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EngineError>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("llama-decode".to_string())
+            .spawn(move || {
+                let ctx = match model.new_context(&backend, params) {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(EngineError::ResourceExhausted(format!(
+                            "cannot create a llama.cpp context ({e}); lower ContextSize or `parallel`"
+                        ))));
+                        return;
+                    }
+                };
+                let mut ctx = ctx;
+                // The adapter lives on this thread as long as the context that uses it.
+                let mut lora = lora;
+                if let Some((adapter, scale)) = lora.as_mut()
+                    && let Err(e) = ctx.lora_adapter_set(adapter, *scale)
+                {
+                    let _ = ready_tx.send(Err(EngineError::InvalidArgument(format!(
+                        "LoraAdapter: cannot apply it ({e})"
+                    ))));
+                    return;
+                }
+                let mut decode_loop = DecodeLoop::new(&model, ctx, config);
+                if config.warmup {
+                    decode_loop.warmup();
+                }
+                let _ = ready_tx.send(Ok(()));
+                decode_loop.run(&jobs_rx, &stop_flag);
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start the decode thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Scheduler {
+                jobs: Some(jobs_tx),
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EngineError::Internal(
+                    "the decode thread ended while starting".into(),
+                ))
+            }
+        }
+    }
+
+    /// Queues a job; it starts at the next step with a free slot.
+    pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        self.jobs
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or(EngineError::NotLoaded)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where a slot is in its request.
+struct Slot {
+    job: Job,
+    /// Prompt tokens already in the KV cache (or in the current batch).
+    prompt_done: usize,
+    /// Next KV position.
+    pos: i32,
+    /// The token to feed at the next step, once generating.
+    next_input: Option<LlamaToken>,
+    /// Batch row whose logits this slot samples after the current decode.
+    logits_row: Option<i32>,
+    generated: u32,
+    started: Instant,
+    first_token: Option<Instant>,
+}
+
+struct DecodeLoop<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    slots: Vec<Option<Slot>>,
+    config: LoopConfig,
+}
+
+impl<'m> DecodeLoop<'m> {
+    fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, config: LoopConfig) -> Self {
+        let capacity = config.n_batch.max(config.parallel) as usize;
+        DecodeLoop {
+            model,
+            ctx,
+            batch: LlamaBatch::new(capacity, config.parallel as i32),
+            slots: (0..config.parallel).map(|_| None).collect(),
+            config,
+        }
+    }
+
+    /// One throw-away decode so the first request does not pay for lazy initialisation.
+    fn warmup(&mut self) {
+        self.batch.clear();
+        let bos = self.model.vocab().bos();
+        if self.batch.add(bos, 0, &[0], true).is_ok() && self.ctx.decode(&mut self.batch).is_ok() {
+            tracing::debug!("warmup decode done");
+        }
+        self.ctx.clear_kv_cache();
+    }
+
+    fn run(&mut self, jobs: &Receiver<Job>, stop: &AtomicBool) {
+        let mut senders_gone = false;
+        loop {
+            if self.slots.iter().all(Option::is_none) {
+                if senders_gone {
+                    return;
+                }
+                match jobs.recv() {
+                    Ok(job) => self.admit(0, job),
+                    Err(_) => return,
+                }
+            }
+            while let Some(free) = self.slots.iter().position(Option::is_none) {
+                match jobs.try_recv() {
+                    Ok(job) => self.admit(free, job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        senders_gone = true;
+                        break;
+                    }
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                for i in 0..self.slots.len() {
+                    self.fail(i, EngineError::NotLoaded);
+                }
+                return;
+            }
+            for i in 0..self.slots.len() {
+                if self.slots[i]
+                    .as_ref()
+                    .is_some_and(|s| s.job.cancel.load(Ordering::Relaxed))
+                {
+                    self.finish(i, FinishReason::Stopped);
+                }
+            }
+            self.step();
+        }
+    }
+
+    fn admit(&mut self, index: usize, job: Job) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+        self.slots[index] = Some(Slot {
+            job,
+            prompt_done: 0,
+            pos: 0,
+            next_input: None,
+            logits_row: None,
+            generated: 0,
+            started: Instant::now(),
+            first_token: None,
+        });
+    }
+
+    /// Fills the batch, decodes it, and samples every slot that has logits.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = self.batch_capacity();
+        // Generating slots first: one token each keeps their latency flat while prompts load.
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            slot.logits_row = None;
+            if let Some(token) = slot.next_input
+                && self.batch.add(token, slot.pos, &[i as i32], true).is_ok()
+            {
+                slot.logits_row = Some(self.batch.n_tokens() - 1);
+                slot.pos += 1;
+                budget -= 1;
+            }
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            if slot.next_input.is_some() || budget == 0 {
+                continue;
+            }
+            let remaining = &slot.job.prompt[slot.prompt_done..];
+            let take = remaining.len().min(budget);
+            for (k, &token) in remaining[..take].iter().enumerate() {
+                let last = slot.prompt_done + k + 1 == slot.job.prompt.len();
+                if self.batch.add(token, slot.pos, &[i as i32], last).is_err() {
+                    break;
+                }
+                slot.pos += 1;
+                if last {
+                    slot.logits_row = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            slot.prompt_done += take;
+            budget -= take;
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::warn!(error = %e, "decode failed; failing the requests in this batch");
+            for i in 0..self.slots.len() {
+                if self.slots[i].is_some() {
+                    self.fail(
+                        i,
+                        EngineError::ResourceExhausted(format!(
+                            "llama.cpp could not decode ({e}); the KV cache is full"
+                        )),
+                    );
+                }
+            }
+            return;
+        }
+        for i in 0..self.slots.len() {
+            if let Some(row) = self.slots[i].as_ref().and_then(|s| s.logits_row) {
+                self.sample(i, row);
+            }
+        }
+    }
+
+    fn batch_capacity(&self) -> usize {
+        self.config.n_batch.max(self.config.parallel) as usize
+    }
+
+    fn sample(&mut self, index: usize, row: i32) {
+        if let Some(finish) = self.sample_slot(index, row) {
+            self.finish(index, finish);
+        }
+    }
+
+    /// Samples one slot's next token and sends it; says how the slot ends, if it does.
+    fn sample_slot(&mut self, index: usize, row: i32) -> Option<FinishReason> {
+        let model = self.model;
+        let slot = self.slots[index].as_mut()?;
+        let token = slot.job.sampler.sample(&self.ctx, row);
+        slot.first_token.get_or_insert_with(Instant::now);
+        slot.generated += 1;
+        let vocab = model.vocab();
+        if vocab.is_eog(token) && !slot.job.request.ignore_eos {
+            return Some(FinishReason::Eos);
+        }
+        let logprob = slot
+            .job
+            .request
+            .logprobs
+            .map(|top| token_logprob(model, self.ctx.get_logits_ith(row), token, top));
+        let event = Event::Token(GeneratedToken {
+            id: token.0,
+            piece: vocab.token_to_piece(token, true, None),
+            special: vocab.is_control(token),
+            logprob,
+        });
+        if slot.job.events.send(event).is_err() {
+            return Some(FinishReason::Stopped);
+        }
+        let at_limit = slot
+            .job
+            .request
+            .max_tokens
+            .is_some_and(|max| slot.generated >= max);
+        if at_limit || slot.pos as u32 >= self.config.context_per_slot {
+            return Some(FinishReason::Length);
+        }
+        slot.next_input = Some(token);
+        None
+    }
+
+    fn finish(&mut self, index: usize, finish: FinishReason) {
+        let Some(slot) = self.slots[index].take() else {
+            return;
+        };
+        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+        let end = Instant::now();
+        let first = slot.first_token.unwrap_or(end);
+        let stats = GenerationStats {
+            prompt_tokens: slot.job.prompt.len() as u32,
+            completion_tokens: slot.generated,
+            prompt_ms: first.duration_since(slot.started).as_secs_f64() * 1000.0,
+            generation_ms: end.duration_since(first).as_secs_f64() * 1000.0,
+            finish,
+        };
+        let _ = slot.job.events.send(Event::Done(Ok(stats)));
+    }
+
+    fn fail(&mut self, index: usize, error: EngineError) {
+        let Some(slot) = self.slots[index].take() else {
+            return;
+        };
+        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+        let _ = slot.job.events.send(Event::Done(Err(error)));
+    }
+}
+
+/// Log-probability of `token` and the `top` most likely tokens, from raw logits.
+fn token_logprob(model: &LlamaModel, logits: &[f32], token: LlamaToken, top: u32) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let logprob_of = |id: usize| logits.get(id).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
+    let mut best: Vec<usize> = (0..logits.len()).collect();
+    let k = (top as usize).min(best.len());
+    if k > 0 {
+        best.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        best.truncate(k);
+        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    } else {
+        best.clear();
+    }
+    let vocab = model.vocab();
+    TokenLogprob {
+        logprob: logprob_of(token.0 as usize),
+        top: best
+            .into_iter()
+            .map(|id| {
+                let t = LlamaToken(id as i32);
+                (t.0, vocab.token_to_piece(t, true, None), logprob_of(id))
+            })
+            .collect(),
+    }
+}
