@@ -214,7 +214,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases: Vec<(fn(&mut PredictOptions), &str)> = vec![
+        type Case = (fn(&mut PredictOptions), &'static str);
+        let cases: Vec<Case> = vec![
             (|r| r.temperature = -1.0, "Temperature"),
             (|r| r.temperature = f32::NAN, "Temperature"),
             (|r| r.top_p = 1.5, "TopP"),

@@ -205,7 +205,6 @@ impl<E: Engine> Backend for BackendService<E> {
             options,
             path: path.clone(),
         };
-        *self.chat.write().unwrap_or_else(|e| e.into_inner()) = None;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

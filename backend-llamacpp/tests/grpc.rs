@@ -1,0 +1,460 @@
+//! The llama.cpp worker end to end: the real binary, real gRPC over loopback, the real
+//! SmolLM2-135M and Qwen2.5-Coder-0.5B models (fetched by `scripts/fetch-models.sh`).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backend_common::pb::status_response::State;
+use backend_common::pb::{HealthMessage, Message, ModelOptions, PredictOptions, Reply};
+use e2e_backends::client::Client;
+use e2e_backends::worker::Worker;
+use tonic::Code;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_backend-llamacpp");
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+fn model(name: &str) -> PathBuf {
+    let dir = std::env::var_os("MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (or make models) first",
+        path.display()
+    );
+    path
+}
+
+async fn start(env: &[(&str, &str)], token: Option<&str>) -> Worker {
+    Worker::start(BINARY.as_ref(), env, token, Duration::from_secs(30))
+        .await
+        .expect("worker starts and answers Health")
+}
+
+fn load_options(name: &str) -> ModelOptions {
+    ModelOptions {
+        model: name.into(),
+        model_file: model(name).display().to_string(),
+        context_size: 1024,
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+async fn started_with(name: &str) -> (Worker, Client) {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let loaded = client
+        .load_model(load_options(name))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(loaded.success, "{}", loaded.message);
+    (worker, client)
+}
+
+fn chat(user: &str) -> PredictOptions {
+    PredictOptions {
+        use_tokenizer_template: true,
+        messages: vec![Message {
+            role: "user".into(),
+            content: user.into(),
+            ..Default::default()
+        }],
+        tokens: 24,
+        temperature: 0.0,
+        ..Default::default()
+    }
+}
+
+fn raw(prompt: &str, tokens: i32) -> PredictOptions {
+    PredictOptions {
+        prompt: prompt.into(),
+        tokens,
+        temperature: 0.0,
+        ..Default::default()
+    }
+}
+
+async fn collect(client: &mut Client, req: PredictOptions) -> Vec<Reply> {
+    let mut stream = client.predict_stream(req).await.unwrap().into_inner();
+    let mut replies = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        replies.push(r);
+    }
+    replies
+}
+
+fn text(replies: &[Reply]) -> String {
+    replies
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.message).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_status_before_and_after_load() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let health = client.health(HealthMessage {}).await.unwrap().into_inner();
+    assert_eq!(health.message, b"OK");
+    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+    assert_eq!(status.state, State::Uninitialized as i32);
+    assert!(status.memory.unwrap().total > 0);
+    client.load_model(load_options(SMOLLM2)).await.unwrap();
+    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+    assert_eq!(status.state, State::Ready as i32);
+    let memory = status.memory.unwrap();
+    assert!(memory.breakdown["weights"] > 50_000_000, "{memory:?}");
+    assert!(memory.breakdown.contains_key("kv_cache"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_and_tokenize_before_load_are_failed_precondition() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let e = client.predict(raw("Hi", 4)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("LoadModel"), "{e}");
+    let e = client.predict_stream(raw("Hi", 4)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = client.tokenize_string(raw("Hi", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_token_is_required_on_every_call() {
+    let worker = start(&[("LOCALAI_GRPC_AUTH_TOKEN", "s3cret")], Some("s3cret")).await;
+    let mut anonymous = worker.client(None).await.unwrap();
+    let e = anonymous.health(HealthMessage {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = anonymous
+        .load_model(load_options(SMOLLM2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = worker.client(Some("s3cre")).await.unwrap();
+    assert_eq!(
+        wrong.status(HealthMessage {}).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut client = worker.client(Some("s3cret")).await.unwrap();
+    assert_eq!(
+        client
+            .health(HealthMessage {})
+            .await
+            .unwrap()
+            .into_inner()
+            .message,
+        b"OK"
+    );
+    assert!(
+        client
+            .load_model(load_options(SMOLLM2))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    assert!(
+        !client
+            .predict(raw("Hello", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_token_auth_is_off() {
+    let worker = start(&[("LOCALAI_GRPC_AUTH_TOKEN", "")], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    assert_eq!(
+        client
+            .health(HealthMessage {})
+            .await
+            .unwrap()
+            .into_inner()
+            .message,
+        b"OK"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_counts_tokens_and_is_deterministic_when_greedy() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let a = client
+        .predict(raw("The capital of France is", 12))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = client
+        .predict(raw("The capital of France is", 12))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!a.message.is_empty());
+    assert_eq!(a.message, b.message, "greedy decoding repeats");
+    assert_eq!(a.tokens, 12);
+    assert!(a.prompt_tokens >= 5, "{}", a.prompt_tokens);
+    assert!(a.timing_token_generation > 0.0 && a.timing_prompt_processing > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_equals_unary_and_ends_with_counts() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let unary = client
+        .predict(raw("Once upon a time", 16))
+        .await
+        .unwrap()
+        .into_inner();
+    let replies = collect(&mut client, raw("Once upon a time", 16)).await;
+    assert!(replies.len() > 2, "tokens arrive as separate chunks");
+    assert_eq!(text(&replies).as_bytes(), unary.message.as_slice());
+    let last = replies.last().unwrap();
+    assert_eq!(
+        (last.tokens, last.prompt_tokens),
+        (unary.tokens, unary.prompt_tokens)
+    );
+    assert!(
+        replies[..replies.len() - 1].iter().all(|r| r.tokens == 0),
+        "counts only on the last chunk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_through_the_model_template() {
+    let (_worker, mut client) = started_with(QWEN).await;
+    let reply = client
+        .predict(chat(
+            "What is the capital of France? Answer in one sentence.",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = String::from_utf8_lossy(&reply.message);
+    assert!(answer.contains("Paris"), "{answer}");
+    assert!(
+        !answer.contains("<|im_end|>") && !answer.contains("<|im_start|>"),
+        "{answer}"
+    );
+    assert_eq!(reply.chat_deltas.len(), 1);
+    assert_eq!(reply.chat_deltas[0].content, answer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_strings_are_never_emitted() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let free = client
+        .predict(raw("1, 2, 3, 4, 5,", 16))
+        .await
+        .unwrap()
+        .into_inner();
+    let free = String::from_utf8(free.message).unwrap();
+    let stop = free
+        .split(',')
+        .nth(2)
+        .map(|s| format!("{},", s))
+        .unwrap_or_else(|| free.clone());
+    let mut req = raw("1, 2, 3, 4, 5,", 16);
+    req.stop_prompts = vec![stop.clone()];
+    let stopped = collect(&mut client, req).await;
+    let stopped = text(&stopped);
+    assert!(!stopped.contains(&stop), "{stopped:?} contains {stop:?}");
+    assert!(free.starts_with(&stopped), "{free:?} / {stopped:?}");
+    assert!(stopped.len() < free.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokenize_fills_tokens_and_length() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let t = client
+        .tokenize_string(raw("Hello world, hello world", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.length as usize, t.tokens.len());
+    assert!(t.length >= 4, "{t:?}");
+    let again = client
+        .tokenize_string(raw("Hello world, hello world", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t, again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_loads_name_the_problem_and_keep_the_model() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut missing = load_options(SMOLLM2);
+    missing.model_file = "/nonexistent/model.gguf".into();
+    let e = client.load_model(missing).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("/nonexistent/model.gguf"), "{e}");
+    let not_gguf = std::env::temp_dir().join(format!("not-a-model-{}.gguf", std::process::id()));
+    std::fs::write(&not_gguf, b"hello, not a model").unwrap();
+    let mut bad = load_options(SMOLLM2);
+    bad.model_file = not_gguf.display().to_string();
+    let e = client.load_model(bad).await.unwrap_err();
+    std::fs::remove_file(&not_gguf).unwrap();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let mut parser = load_options(SMOLLM2);
+    parser.options = vec!["tool_parser:no_such_parser".into()];
+    let e = client.load_model(parser).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("hermes"),
+        "names the known parsers: {e}"
+    );
+    // None of these cost the loaded model.
+    assert!(
+        !client
+            .predict(raw("Hello", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_invalid_argument_and_the_model_keeps_serving() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut negative = raw("Hi", -5);
+    negative.tokens = -5;
+    assert_eq!(
+        client.predict(negative).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut grammar = raw("Hi", 5);
+    grammar.grammar = "root ::= (".into();
+    assert_eq!(
+        client.predict(grammar).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut tools = chat("Hi");
+    tools.tools = "[{not json".into();
+    assert_eq!(
+        client.predict(tools).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut choice = chat("Hi");
+    choice.tool_choice = "{\"type\":".into();
+    assert_eq!(
+        client.predict(choice).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let long = "word ".repeat(2000);
+    let e = client.predict(raw(&long, 5)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("context"), "{e}");
+    assert!(
+        !client
+            .predict(raw("Hello", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn free_releases_and_load_works_again() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    assert!(
+        client
+            .free(HealthMessage {})
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+    assert_eq!(status.state, State::Uninitialized as i32);
+    assert_eq!(
+        client.predict(raw("Hi", 3)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert!(
+        client
+            .load_model(load_options(SMOLLM2))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    assert!(
+        !client
+            .predict(raw("Hello", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .message
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_streams_all_complete() {
+    let (worker, _client) = started_with(SMOLLM2).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let mut client = worker.client(None).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            collect(&mut client, raw(&format!("Story number {i}:"), 12)).await
+        }));
+    }
+    for task in tasks {
+        let replies = task.await.unwrap();
+        assert_eq!(replies.last().unwrap().tokens, 12);
+        assert!(!text(&replies).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_running_streams_cleanly() {
+    let (worker, mut client) = started_with(SMOLLM2).await;
+    let mut stream = client
+        .predict_stream(raw("Write a long story:", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first chunk");
+    assert!(!first.message.is_empty());
+    let pid = worker.pid().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on the worker this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut last = first;
+    while let Some(reply) = stream
+        .message()
+        .await
+        .expect("the stream ends without an error")
+    {
+        last = reply;
+    }
+    assert!(last.tokens > 0, "the final chunk carries the counts");
+    let status = worker.stop(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_address_flag_is_a_clear_error() {
+    let out = std::process::Command::new(BINARY)
+        .arg("--addr")
+        .arg("localhost")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    let out = std::process::Command::new(BINARY)
+        .arg("--addr=127.0.0.1:99999")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
