@@ -205,7 +205,7 @@ static REPLY: Schema = Schema {
         (1, "message", T::Bytes),
         (2, "tokens", T::Int32),
         (3, "prompt_tokens", T::Int32),
-        (4, "timing_prompt_processing", T::Float),
+        (4, "timing_prompt_processing", T::Double),
         (5, "timing_token_generation", T::Double),
         (6, "audio", T::Bytes),
         (7, "logprobs", T::Bytes),
