@@ -223,6 +223,90 @@ impl ChatSetup {
     }
 }
 
+/// The fields of `PredictOptions` that shape a prompt, as JSON, for the prompt dry-run
+/// (`<worker> render --model M --request request.json`). Keys are the proto names
+/// (`Messages`, `Tools`, ...) or their lower-case forms; `Tools` and a message's
+/// `tool_calls` may be given as JSON values or as the JSON strings LocalAI sends.
+#[derive(Debug, serde::Deserialize)]
+pub struct PromptRequest {
+    #[serde(default, alias = "Messages")]
+    messages: Vec<PromptMessage>,
+    #[serde(default, alias = "Tools")]
+    tools: Option<serde_json::Value>,
+    #[serde(default, alias = "ToolChoice", alias = "tool_choice")]
+    toolchoice: Option<serde_json::Value>,
+    #[serde(default, alias = "Metadata")]
+    metadata: std::collections::HashMap<String, serde_json::Value>,
+    #[serde(default, alias = "Prompt")]
+    prompt: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PromptMessage {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    tool_call_id: String,
+    #[serde(default)]
+    reasoning_content: String,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+}
+
+/// A JSON value as the string LocalAI would send: strings stay, anything else is encoded.
+fn as_wire_string(value: Option<serde_json::Value>) -> String {
+    match value {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    }
+}
+
+impl PromptRequest {
+    /// Parses the dry-run request file.
+    pub fn from_json(json: &str) -> Result<Self, EngineError> {
+        serde_json::from_str(json).map_err(|e| {
+            EngineError::InvalidArgument(format!(
+                "request file: {e}; expected {{\"Messages\": [{{\"role\": ..., \"content\": ...}}], \"Tools\": [...], \"Metadata\": {{...}}}}"
+            ))
+        })
+    }
+
+    /// The `PredictOptions` LocalAI would send for it (chat when `Messages` is given).
+    pub fn into_predict_options(self) -> PredictOptions {
+        let chat = !self.messages.is_empty();
+        PredictOptions {
+            use_tokenizer_template: chat,
+            prompt: self.prompt,
+            messages: self
+                .messages
+                .into_iter()
+                .map(|m| crate::pb::Message {
+                    role: m.role,
+                    content: m.content.unwrap_or_default(),
+                    name: m.name,
+                    tool_call_id: m.tool_call_id,
+                    reasoning_content: m.reasoning_content,
+                    tool_calls: as_wire_string(m.tool_calls),
+                })
+                .collect(),
+            tools: as_wire_string(self.tools),
+            // LocalAI's core sends a string choice with its JSON quotes.
+            tool_choice: self.toolchoice.map(|v| v.to_string()).unwrap_or_default(),
+            metadata: self
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k, as_wire_string(Some(v))))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +435,36 @@ mod tests {
         let m = parser.message();
         assert_eq!(m.tool_calls.len(), 1);
         assert_eq!(m.tool_calls[0].name, "get_weather");
+    }
+
+    #[test]
+    fn dry_run_request_file_becomes_predict_options() {
+        let json = r#"{"Messages": [{"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}],
+            "Tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+            "ToolChoice": "auto", "Metadata": {"enable_thinking": false}}"#;
+        let req = PromptRequest::from_json(json)
+            .unwrap()
+            .into_predict_options();
+        assert!(req.use_tokenizer_template);
+        assert_eq!(req.messages.len(), 2);
+        assert_eq!(req.messages[1].content, "");
+        assert!(req.messages[1].tool_calls.starts_with("[{\"id\":\"c1\""));
+        assert!(req.tools.contains("get_weather"));
+        assert_eq!(req.tool_choice, "\"auto\"");
+        assert_eq!(req.metadata["enable_thinking"], "false");
+        let s = setup(Some(CHATML), "Qwen2.5-Coder", &[]);
+        assert!(
+            s.prepare(&req)
+                .unwrap()
+                .prompt
+                .text
+                .ends_with("<|im_start|>assistant\n")
+        );
+        assert!(matches!(
+            PromptRequest::from_json("[1]"),
+            Err(EngineError::InvalidArgument(_))
+        ));
     }
 
     #[test]

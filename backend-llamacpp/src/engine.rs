@@ -207,13 +207,7 @@ impl Engine for LlamaEngine {
                 ),
             ],
         };
-        let name = model.meta_val_str("general.name").ok();
-        let chat_template = model
-            .chat_template(None)
-            .ok()
-            .and_then(|t| t.to_string().ok())
-            .map(TemplateSource::Single);
-        let special_tokens = special_tokens(&model);
+        let info = model_info(&model, context_per_slot);
         self.replace(Some(Arc::new(Loaded {
             scheduler,
             model,
@@ -222,12 +216,7 @@ impl Engine for LlamaEngine {
             eog,
             memory,
         })));
-        Ok(ModelInfo {
-            name,
-            context_length: context_per_slot,
-            chat_template,
-            special_tokens,
-        })
+        Ok(info)
     }
 
     fn unload(&self) -> Result<(), EngineError> {
@@ -309,6 +298,36 @@ impl Engine for LlamaEngine {
     fn memory(&self) -> MemoryReport {
         self.current().map(|l| l.memory.clone()).unwrap_or_default()
     }
+}
+
+/// What the chat layer needs to know about a model: its name, template and BOS/EOS text.
+pub fn model_info(model: &LlamaModel, context_length: u32) -> ModelInfo {
+    ModelInfo {
+        name: model.meta_val_str("general.name").ok(),
+        context_length,
+        chat_template: model
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+            .map(TemplateSource::Single),
+        special_tokens: special_tokens(model),
+    }
+}
+
+/// Loads only the vocabulary and metadata of a GGUF (no weights), for the prompt dry-run.
+pub fn load_vocab_only(path: &Path) -> Result<(LlamaBackend, LlamaModel), EngineError> {
+    check_gguf(path)?;
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let backend = LlamaBackend::init()
+        .map_err(|e| EngineError::Internal(format!("cannot initialise llama.cpp: {e}")))?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+    let model = LlamaModel::load_from_file(&backend, path, &params).map_err(|e| {
+        EngineError::InvalidModel {
+            path: path.to_path_buf(),
+            reason: format!("llama.cpp could not read it ({e})"),
+        }
+    })?;
+    Ok((backend, model))
 }
 
 /// BOS/EOS as text, for chat templates that write them (`{{ bos_token }}`).

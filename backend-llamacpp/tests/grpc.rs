@@ -489,3 +489,121 @@ async fn reflection_lists_the_backend_service() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"backend.Backend"), "{names:?}");
 }
+
+const WEATHER_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}}, "required": ["location"]}}}]"#;
+
+fn weather_request() -> PredictOptions {
+    PredictOptions {
+        use_tokenizer_template: true,
+        messages: vec![
+            Message {
+                role: "system".into(),
+                content: "You are a helpful assistant with access to tools.".into(),
+                ..Default::default()
+            },
+            Message {
+                role: "user".into(),
+                content: "What's the weather like in Paris, France?".into(),
+                ..Default::default()
+            },
+        ],
+        tools: WEATHER_TOOLS.into(),
+        tool_choice: "\"auto\"".into(),
+        tokens: 200,
+        temperature: 0.0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qwen_calls_get_weather_unary_and_streamed() {
+    let (_worker, mut client) = started_with(QWEN).await;
+    let unary = client
+        .predict(weather_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let calls: Vec<_> = unary
+        .chat_deltas
+        .iter()
+        .flat_map(|d| &d.tool_calls)
+        .collect();
+    assert_eq!(calls.len(), 1, "{unary:?}");
+    assert_eq!(calls[0].name, "get_weather");
+    assert!(!calls[0].id.is_empty());
+    let unary_args: serde_json::Value = serde_json::from_str(&calls[0].arguments).unwrap();
+    assert!(unary_args.to_string().contains("Paris"), "{unary_args}");
+
+    let replies = collect(&mut client, weather_request()).await;
+    let (mut names, mut ids, mut arguments, mut indices) =
+        (Vec::new(), Vec::new(), String::new(), Vec::new());
+    for reply in &replies {
+        let visible = String::from_utf8_lossy(&reply.message);
+        assert!(
+            !visible.contains("tool_call") && !visible.contains("\"name\""),
+            "markup leaked: {visible:?}"
+        );
+        for delta in &reply.chat_deltas {
+            assert!(
+                !delta.content.contains("get_weather"),
+                "the call leaked into content"
+            );
+            for call in &delta.tool_calls {
+                indices.push(call.index);
+                if !call.name.is_empty() {
+                    names.push(call.name.clone());
+                }
+                if !call.id.is_empty() {
+                    ids.push(call.id.clone());
+                }
+                arguments.push_str(&call.arguments);
+            }
+        }
+    }
+    assert_eq!(
+        names,
+        vec!["get_weather".to_string()],
+        "the name is sent once, whole"
+    );
+    assert_eq!(ids.len(), 1, "the id is sent once");
+    assert!(
+        indices.iter().all(|&i| i == 0),
+        "one stable index: {indices:?}"
+    );
+    let streamed_args: serde_json::Value =
+        serde_json::from_str(&arguments).expect("fragments join into JSON");
+    assert_eq!(streamed_args, unary_args);
+    let last = replies.last().unwrap();
+    assert!(last.tokens > 0 && last.prompt_tokens > 0);
+}
+
+#[test]
+fn render_prints_the_exact_prompt_without_loading_weights() {
+    let request = std::env::temp_dir().join(format!("render-{}.json", std::process::id()));
+    std::fs::write(
+        &request,
+        format!(r#"{{"Messages": [{{"role": "user", "content": "What's the weather like in Paris, France?"}}], "Tools": {WEATHER_TOOLS}}}"#),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BINARY)
+        .args(["render", "--model"])
+        .arg(model(QWEN))
+        .arg("--request")
+        .arg(&request)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&request).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompt = String::from_utf8(out.stdout).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt}");
+    assert!(
+        prompt
+            .contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        "Python-style tojson: {prompt}"
+    );
+    assert!(prompt.ends_with("<|im_start|>user\nWhat's the weather like in Paris, France?<|im_end|>\n<|im_start|>assistant\n"), "{prompt}");
+}

@@ -132,32 +132,30 @@ impl ChatParser {
     }
 
     fn feed(&mut self, text: &str, end: End) {
-        let tool_end = match &mut self.reasoning {
+        match &mut self.reasoning {
             Some((stage, input)) => {
-                input.push(text);
                 let mut sink = IntoTools {
                     tool_input: &mut self.tool_input,
                     out: &mut self.recorder,
                 };
-                input.run(stage.as_mut(), end, &mut sink);
+                input.feed(text, stage.as_mut(), end, &mut sink);
                 if end.is_eof() {
                     stage.finish(&mut sink);
                 }
                 // Text the reasoning stage still holds sits between the tool input and the
                 // boundary, so the tool stage may not treat its input as ending there.
-                if end == End::Boundary && !input.is_empty() {
+                let tool_end = if end == End::Boundary && !input.is_empty() {
                     End::Open
                 } else {
                     end
-                }
+                };
+                self.tool_input
+                    .run(self.tools.as_mut(), tool_end, &mut self.recorder);
             }
-            None => {
-                self.tool_input.push(text);
-                end
-            }
-        };
-        self.tool_input
-            .run(self.tools.as_mut(), tool_end, &mut self.recorder);
+            None => self
+                .tool_input
+                .feed(text, self.tools.as_mut(), end, &mut self.recorder),
+        }
         if end.is_eof() {
             self.tools.finish(&mut self.recorder);
         }

@@ -88,20 +88,26 @@ impl PendingInput {
         self.start >= self.buf.len()
     }
 
+    /// Appends `text` and lets `stage` consume what it can, like [`push`](PendingInput::push)
+    /// then [`run`](PendingInput::run).
+    ///
+    /// With nothing held (the usual case) the stage reads `text` in place and only what it leaves
+    /// is copied, so a streamed piece costs no buffer traffic.
+    pub(crate) fn feed(&mut self, text: &str, stage: &mut dyn Stage, end: End, out: &mut dyn Sink) {
+        if !self.is_empty() {
+            self.push(text);
+            self.run(stage, end, out);
+            return;
+        }
+        let used = consume(stage, text, end, out);
+        self.buf.clear();
+        self.start = 0;
+        self.buf.push_str(&text[used..]);
+    }
+
     /// Lets `stage` consume what it can.
     pub(crate) fn run(&mut self, stage: &mut dyn Stage, end: End, out: &mut dyn Sink) {
-        let pending = &self.buf[self.start..];
-        let mut used = stage.advance(pending, end, out).min(pending.len());
-        // A stage reports byte counts; never split a character even if one misreports.
-        while !pending.is_char_boundary(used) {
-            used -= 1;
-        }
-        if end.is_eof() && used < pending.len() {
-            // The contract says a stage consumes everything at the end; keep the text visible
-            // rather than lose it if one does not.
-            out.content(&pending[used..]);
-            used = pending.len();
-        }
+        let used = consume(stage, &self.buf[self.start..], end, out);
         self.start += used;
         // Compact once the consumed prefix dominates, keeping appends amortised O(1).
         if self.start == self.buf.len() {
@@ -112,6 +118,22 @@ impl PendingInput {
             self.start = 0;
         }
     }
+}
+
+/// Runs `stage` over `pending`; returns how many bytes it consumed (all of them at the end).
+fn consume(stage: &mut dyn Stage, pending: &str, end: End, out: &mut dyn Sink) -> usize {
+    let mut used = stage.advance(pending, end, out).min(pending.len());
+    // A stage reports byte counts; never split a character even if one misreports.
+    while !pending.is_char_boundary(used) {
+        used -= 1;
+    }
+    if end.is_eof() && used < pending.len() {
+        // The contract says a stage consumes everything at the end; keep the text visible
+        // rather than lose it if one does not.
+        out.content(&pending[used..]);
+        used = pending.len();
+    }
+    used
 }
 
 /// Source of generated tool-call ids (`call_` + 24 hex digits, random per parser instance).
@@ -141,6 +163,9 @@ impl IdSource {
 /// Collects events into the current delta and into the whole message.
 pub(crate) struct Recorder {
     delta: ChatDelta,
+    /// Tool-call entries of earlier deltas, reused so that streaming arguments allocates nothing
+    /// per push once their buffers have grown.
+    spare: Vec<ToolCallDelta>,
     content: String,
     reasoning: String,
     reasoning_seen: bool,
@@ -152,6 +177,7 @@ impl Recorder {
     pub(crate) fn new() -> Recorder {
         Recorder {
             delta: ChatDelta::default(),
+            spare: Vec::new(),
             content: String::new(),
             reasoning: String::new(),
             reasoning_seen: false,
@@ -164,7 +190,7 @@ impl Recorder {
     pub(crate) fn begin_delta(&mut self) {
         self.delta.content.clear();
         self.delta.reasoning_content.clear();
-        self.delta.tool_calls.clear();
+        self.spare.append(&mut self.delta.tool_calls);
     }
 
     /// The delta gathered since [`begin_delta`](Recorder::begin_delta).
@@ -189,6 +215,33 @@ impl Recorder {
             reasoning_content,
             tool_calls: self.calls.clone(),
         }
+    }
+
+    /// Appends a tool-call entry to the delta, taken from the spare ones when there is one.
+    fn delta_entry(
+        &mut self,
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: &str,
+    ) {
+        let entry = match self.spare.pop() {
+            Some(mut entry) => {
+                entry.index = index;
+                entry.id = id;
+                entry.name = name;
+                entry.arguments.clear();
+                entry.arguments.push_str(arguments);
+                entry
+            }
+            None => ToolCallDelta {
+                index,
+                id,
+                name,
+                arguments: arguments.to_owned(),
+            },
+        };
+        self.delta.tool_calls.push(entry);
     }
 }
 
@@ -218,12 +271,7 @@ impl Sink for Recorder {
             name: name.to_owned(),
             arguments: String::new(),
         });
-        self.delta.tool_calls.push(ToolCallDelta {
-            index,
-            id: Some(id),
-            name: Some(name.to_owned()),
-            arguments: String::new(),
-        });
+        self.delta_entry(index, Some(id), Some(name.to_owned()), "");
     }
 
     fn call_args(&mut self, fragment: &str) {
@@ -237,12 +285,7 @@ impl Sink for Recorder {
         let index = self.calls.len() - 1;
         match self.delta.tool_calls.last_mut() {
             Some(last) if last.index == index => last.arguments.push_str(fragment),
-            _ => self.delta.tool_calls.push(ToolCallDelta {
-                index,
-                id: None,
-                name: None,
-                arguments: fragment.to_owned(),
-            }),
+            _ => self.delta_entry(index, None, None, fragment),
         }
     }
 }
