@@ -58,6 +58,16 @@ impl TextAssembler {
 pub struct ReplyBuilder {
     text: TextAssembler,
     parser: Option<ChatParser>,
+    /// Logprob entries not yet sent in a chunk.
+    logprobs: Vec<serde_json::Value>,
+    /// Everything sent so far, kept only for a unary reply.
+    history: Option<History>,
+}
+
+/// The whole output of a unary request, accumulated as chunks are built.
+#[derive(Default)]
+struct History {
+    text: Vec<u8>,
     logprobs: Vec<serde_json::Value>,
 }
 
@@ -125,12 +135,23 @@ fn logprob_entry(token: &GeneratedToken) -> Option<serde_json::Value> {
 }
 
 impl ReplyBuilder {
-    /// A builder for a request with these stop sequences and (for chat requests) parser.
+    /// A builder for a streamed request with these stop sequences and (for chat requests)
+    /// parser.
     pub fn new<S: AsRef<str>>(stops: &[S], parser: Option<ChatParser>) -> Self {
         ReplyBuilder {
             text: TextAssembler::new(stops),
             parser,
             logprobs: Vec::new(),
+            history: None,
+        }
+    }
+
+    /// A builder for a unary request: it also keeps the whole output for
+    /// [`finish_unary`](Self::finish_unary).
+    pub fn unary<S: AsRef<str>>(stops: &[S], parser: Option<ChatParser>) -> Self {
+        ReplyBuilder {
+            history: Some(History::default()),
+            ..ReplyBuilder::new(stops, parser)
         }
     }
 
@@ -181,6 +202,9 @@ impl ReplyBuilder {
         if text.is_empty() {
             return None;
         }
+        if let Some(history) = &mut self.history {
+            history.text.extend_from_slice(text.as_bytes());
+        }
         Some(Reply {
             message: text.into_bytes(),
             logprobs: self.take_logprobs(),
@@ -215,28 +239,29 @@ impl ReplyBuilder {
     }
 
     /// The unary reply: the whole text (or parsed message) with counts and timings.
-    pub fn finish_unary(&mut self, streamed: &[Reply], stats: &GenerationStats) -> Reply {
-        let last = self.finish_stream(stats);
-        let mut reply = Reply {
-            logprobs: merge_logprobs(streamed.iter().chain([&last])),
-            ..last.clone()
-        };
+    pub fn finish_unary(&mut self, stats: &GenerationStats) -> Reply {
+        let mut reply = self.finish_stream(stats);
+        let history = self.history.take().unwrap_or_default();
+        reply.logprobs = logprobs_json(history.logprobs);
         match &self.parser {
             Some(parser) => {
                 let message = parser.message();
                 reply.message = message.content.clone().unwrap_or_default().into_bytes();
                 reply.chat_deltas = vec![wire_message(&message)];
             }
-            None => {
-                reply.message = streamed
-                    .iter()
-                    .chain([&last])
-                    .flat_map(|r| r.message.iter().copied())
-                    .collect();
-            }
+            None => reply.message = history.text,
         }
         reply
     }
+}
+
+fn logprobs_json(entries: Vec<serde_json::Value>) -> Vec<u8> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    serde_json::json!({ "content": entries })
+        .to_string()
+        .into_bytes()
 }
 
 /// Appends `next` to `delta` (same call indices merge, as LocalAI merges them).
@@ -256,22 +281,6 @@ fn merge_into(delta: &mut pb::ChatDelta, next: pb::ChatDelta) {
             }
             None => delta.tool_calls.push(call),
         }
-    }
-}
-
-fn merge_logprobs<'a>(replies: impl Iterator<Item = &'a Reply>) -> Vec<u8> {
-    let entries: Vec<serde_json::Value> = replies
-        .filter(|r| !r.logprobs.is_empty())
-        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.logprobs).ok())
-        .filter_map(|v| v.get("content").and_then(|c| c.as_array()).cloned())
-        .flatten()
-        .collect();
-    if entries.is_empty() {
-        Vec::new()
-    } else {
-        serde_json::json!({ "content": entries })
-            .to_string()
-            .into_bytes()
     }
 }
 
@@ -394,12 +403,11 @@ mod tests {
             .filter(|c| !c.name.is_empty())
             .collect();
         assert_eq!(names.len(), 1, "the name is sent once");
-        let mut unary = ReplyBuilder::new::<&str>(&[], parser());
-        let seen: Vec<Reply> = pieces
-            .iter()
-            .filter_map(|p| unary.push(&token(p)).reply)
-            .collect();
-        let whole = unary.finish_unary(&seen, &stats());
+        let mut unary = ReplyBuilder::unary::<&str>(&[], parser());
+        for p in pieces {
+            unary.push(&token(p));
+        }
+        let whole = unary.finish_unary(&stats());
         let call = &whole.chat_deltas[0].tool_calls[0];
         assert_eq!(call.name, "get_weather");
         assert_eq!(merged.tool_calls[0].name, call.name);

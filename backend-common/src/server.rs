@@ -140,14 +140,12 @@ impl<E: Engine> BackendService<E> {
 /// Collects a whole generation for the unary `Predict`.
 struct CollectSink {
     builder: ReplyBuilder,
-    chunks: Vec<Reply>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl TokenSink for CollectSink {
     fn token(&mut self, token: GeneratedToken) -> Flow {
         let chunk = self.builder.push(&token);
-        self.chunks.extend(chunk.reply);
         if chunk.stopped || *self.shutdown.borrow() {
             Flow::Stop
         } else {
@@ -244,12 +242,11 @@ impl<E: Engine> Backend for BackendService<E> {
         let reply = self
             .blocking(span, move |engine| {
                 let mut sink = CollectSink {
-                    builder: ReplyBuilder::new(&req.stop_prompts, parser),
-                    chunks: Vec::new(),
+                    builder: ReplyBuilder::unary(&req.stop_prompts, parser),
                     shutdown,
                 };
                 let stats = engine.generate(&generation, &mut sink)?;
-                Ok(sink.builder.finish_unary(&sink.chunks, &stats))
+                Ok(sink.builder.finish_unary(&stats))
             })
             .await?;
         Ok(Response::new(reply))
