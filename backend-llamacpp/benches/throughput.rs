@@ -1,0 +1,231 @@
+//! Throughput of the llama.cpp worker against llama.cpp's own decode loop: the same
+//! llama-cpp-2 build, model, threads, prompt and greedy sampling, measured in one run.
+//!
+//! Prints prefill and decode tokens/s of (a) a plain decode loop on llama-cpp-2 in this
+//! process and (b) a stream through our gRPC worker (the real binary on loopback), their
+//! ratio, and the worker's aggregate tokens/s at 1, 4 and 8 concurrent streams.
+//! Run: `cargo bench -p backend-llamacpp --bench throughput` (env `BENCH_THREADS`,
+//! `BENCH_MODEL`, `BENCH_ROUNDS`).
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use backend_common::pb::{ModelOptions, PredictOptions};
+use e2e_backends::worker::Worker;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+
+const CONTEXT: u32 = 1024;
+const BATCH: u32 = 512;
+const NEW_TOKENS: u32 = 64;
+
+/// One measured generation.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    prompt_tokens: u32,
+    prompt_s: f64,
+    new_tokens: u32,
+    decode_s: f64,
+}
+
+impl Run {
+    fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_s
+    }
+    /// The first new token comes with the prefill; the rest are one decode each.
+    fn decode_tps(&self) -> f64 {
+        (self.new_tokens.saturating_sub(1)) as f64 / self.decode_s
+    }
+}
+
+fn best(runs: &[Run], key: fn(&Run) -> f64) -> f64 {
+    runs.iter().map(key).fold(0.0, f64::max)
+}
+
+fn prompt_text() -> String {
+    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. "
+        .repeat(16)
+}
+
+/// llama.cpp's own loop: one prompt batch, then greedy decode one token at a time.
+fn direct_loop(model_path: &PathBuf, threads: i32, rounds: usize) -> Result<Vec<Run>> {
+    let backend = LlamaBackend::init()?;
+    let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(CONTEXT))
+            .with_n_batch(BATCH)
+            .with_n_ubatch(BATCH)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = model.new_context(&backend, params)?;
+        let tokens = model.vocab().tokenize(prompt_text().as_bytes(), true, true);
+        let mut batch = LlamaBatch::new(BATCH as usize, 1);
+        let mut sampler = LlamaSampler::greedy();
+        let start = Instant::now();
+        batch.add_sequence(&tokens, 0, false)?;
+        ctx.decode(&mut batch)?;
+        let mut token = sampler.sample(&ctx, batch.n_tokens() - 1);
+        let prompt_s = start.elapsed().as_secs_f64();
+        let decode_start = Instant::now();
+        let mut pos = tokens.len() as i32;
+        for _ in 1..NEW_TOKENS {
+            batch.clear();
+            batch.add(token, pos, &[0], true)?;
+            ctx.decode(&mut batch)?;
+            token = sampler.sample(&ctx, 0);
+            pos += 1;
+        }
+        runs.push(Run {
+            prompt_tokens: tokens.len() as u32,
+            prompt_s,
+            new_tokens: NEW_TOKENS,
+            decode_s: decode_start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(runs)
+}
+
+fn request(prompt: String, tokens: u32) -> PredictOptions {
+    PredictOptions {
+        prompt,
+        tokens: tokens as i32,
+        temperature: 0.0,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+/// Streams through the worker; timings as the worker reports them on the last chunk.
+async fn worker_runs(worker: &Worker, rounds: usize) -> Result<Vec<Run>> {
+    let mut client = worker.client(None).await?;
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        let mut stream = client
+            .predict_stream(request(prompt_text(), NEW_TOKENS))
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(reply) = stream.message().await? {
+            last = Some(reply);
+        }
+        let last = last.context("empty stream")?;
+        runs.push(Run {
+            prompt_tokens: last.prompt_tokens as u32,
+            prompt_s: last.timing_prompt_processing / 1000.0,
+            new_tokens: last.tokens as u32,
+            decode_s: last.timing_token_generation / 1000.0,
+        });
+    }
+    Ok(runs)
+}
+
+/// Aggregate generated tokens/s of `streams` concurrent requests, wall clock.
+async fn aggregate(worker: &Worker, streams: usize, tokens: u32) -> Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let mut client = worker.client(None).await?;
+        tasks.push(tokio::spawn(async move {
+            let req = request(format!("Request {i}: tell a story about the sea."), tokens);
+            let mut stream = client.predict_stream(req).await?.into_inner();
+            let mut generated = 0;
+            while let Some(reply) = stream.message().await? {
+                generated = generated.max(reply.tokens);
+            }
+            anyhow::Ok(generated as u64)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = std::env::var_os("BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
+    let threads: i32 = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    println!(
+        "model {}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}",
+        model.display()
+    );
+
+    let direct = {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || direct_loop(&model, threads, rounds)).await??
+    };
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_backend-llamacpp"));
+    let worker = Worker::start(
+        &binary,
+        &[("RUST_LOG", "warn")],
+        None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut client = worker.client(None).await?;
+    let loaded = client
+        .load_model(ModelOptions {
+            model_file: model.display().to_string(),
+            context_size: CONTEXT as i32,
+            n_batch: BATCH as i32,
+            threads,
+            options: vec!["parallel:8".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(loaded.success, "{}", loaded.message);
+    let ours = worker_runs(&worker, rounds).await?;
+
+    let prompt_tokens = direct[0].prompt_tokens;
+    println!("{:<28} {:>14} {:>14}", "", "prefill tok/s", "decode tok/s");
+    let (dp, dd) = (
+        best(&direct, Run::prefill_tps),
+        best(&direct, Run::decode_tps),
+    );
+    let (wp, wd) = (best(&ours, Run::prefill_tps), best(&ours, Run::decode_tps));
+    println!(
+        "{:<28} {dp:>14.1} {dd:>14.1}",
+        "llama.cpp loop (in-process)"
+    );
+    println!("{:<28} {wp:>14.1} {wd:>14.1}", "backend-llamacpp over gRPC");
+    println!(
+        "{:<28} {:>14.3} {:>14.3}",
+        "ratio (target >= 0.97)",
+        wp / dp,
+        wd / dd
+    );
+    println!("(prompt of {prompt_tokens} tokens)");
+
+    let mut single = 0.0;
+    for streams in [1usize, 4, 8] {
+        let tps = aggregate(&worker, streams, 32).await?;
+        if streams == 1 {
+            single = tps;
+        }
+        println!(
+            "{streams} concurrent streams: {tps:>8.1} tok/s aggregate ({:.2}x one stream)",
+            tps / single
+        );
+    }
+    worker.stop(Duration::from_secs(10)).await?;
+    Ok(())
+}
