@@ -199,7 +199,9 @@ impl ReplyBuilder {
     }
 
     fn plain_chunk(&mut self, text: String) -> Option<Reply> {
-        if text.is_empty() {
+        // A token that releases no text (held back by a stop prefix or a split character)
+        // still owes its logprobs; they travel with the next chunk that has something.
+        if text.is_empty() && self.logprobs.is_empty() {
             return None;
         }
         if let Some(history) = &mut self.history {
@@ -217,9 +219,13 @@ impl ReplyBuilder {
             return Vec::new();
         }
         let entries = std::mem::take(&mut self.logprobs);
-        serde_json::json!({ "content": entries })
+        let json = serde_json::json!({ "content": entries })
             .to_string()
-            .into_bytes()
+            .into_bytes();
+        if let Some(history) = &mut self.history {
+            history.logprobs.extend(entries);
+        }
+        json
     }
 
     /// The last chunk of a stream: what was held back, plus counts and timings.
@@ -294,7 +300,7 @@ fn fill_stats(reply: &mut Reply, stats: &GenerationStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::FinishReason;
+    use crate::engine::{FinishReason, TokenLogprob};
     use crate::parsers::{ParseOptions, ToolParserKind, ToolSpec};
 
     fn token(text: &str) -> GeneratedToken {
@@ -335,6 +341,52 @@ mod tests {
         let mut a = TextAssembler::new(&["END"]);
         assert_eq!(a.push(b"ok EN").text, "ok ");
         assert_eq!(a.finish(), "EN");
+    }
+
+    #[test]
+    fn every_token_keeps_its_logprob_in_stream_and_unary_replies() {
+        let with_logprob = |text: &str, id: i32| GeneratedToken {
+            id,
+            logprob: Some(TokenLogprob {
+                logprob: -0.5,
+                top: vec![(id, text.as_bytes().to_vec(), -0.5)],
+            }),
+            ..token(text)
+        };
+        // "E" is held back as a possible start of the stop string "END".
+        let tokens = [
+            with_logprob("Hi", 1),
+            with_logprob(" E", 2),
+            with_logprob("x", 3),
+        ];
+        let ids = |json: &[u8]| -> Vec<i64> {
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            v["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap())
+                .collect()
+        };
+        let mut stream = ReplyBuilder::new(&["END"], None);
+        let mut streamed = Vec::new();
+        for t in &tokens {
+            if let Some(r) = stream.push(t).reply {
+                streamed.extend(ids(&r.logprobs));
+            }
+        }
+        let last = stream.finish_stream(&stats());
+        if !last.logprobs.is_empty() {
+            streamed.extend(ids(&last.logprobs));
+        }
+        assert_eq!(streamed, vec![1, 2, 3]);
+        let mut unary = ReplyBuilder::unary(&["END"], None);
+        for t in &tokens {
+            unary.push(t);
+        }
+        let whole = unary.finish_unary(&stats());
+        assert_eq!(ids(&whole.logprobs), vec![1, 2, 3]);
+        assert_eq!(whole.message, b"Hi Ex");
     }
 
     #[test]
