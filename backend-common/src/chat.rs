@@ -1,13 +1,15 @@
 //! The chat layer of a loaded model: its chat template turns `Messages` + `Tools` into the
 //! prompt the model was trained on, and its tool/reasoning parsers turn the generated text
 //! back into content, reasoning and tool calls.
-use crate::engine::{EngineError, ModelInfo, Prompt};
+use crate::engine::{EngineError, ModelInfo, Prompt, ToolCallConstraint};
 use crate::options::Options;
 use crate::parsers::{
     ChatParser, ParseOptions, ParserSelection, ToolSpec, model_family, select_parsers,
 };
 use crate::pb::PredictOptions;
 use crate::template::{ChatMessage, ChatTemplate, RenderRequest, TemplateError};
+
+mod forced;
 
 /// Option keys that pick parsers.
 pub const PARSER_OPTIONS: [&str; 2] = ["tool_parser", "reasoning_parser"];
@@ -68,6 +70,8 @@ pub struct PreparedPrompt {
     pub parser: Option<ChatParser>,
     /// The request's tool choice.
     pub tool_choice: ToolChoice,
+    /// The call the output must be, when the tool choice forces one.
+    pub tool_call: Option<ToolCallConstraint>,
 }
 
 /// Template and parsers of the loaded model.
@@ -148,6 +152,7 @@ impl ChatSetup {
                 },
                 parser: None,
                 tool_choice,
+                tool_call: None,
             });
         }
         let template = self.template.as_ref().map_err(|e| {
@@ -206,6 +211,7 @@ impl ChatSetup {
             .tool
             .kind()
             .filter(|_| tool_choice != ToolChoice::None && !tools.is_empty());
+        let tool_call = forced::forced_tool_call(tool, &tools, &tool_choice)?;
         let options = ParseOptions {
             thinking_forced_open: reasoning.is_some_and(|r| r.prompt_opens_reasoning(&text)),
             tools,
@@ -219,6 +225,7 @@ impl ChatSetup {
             },
             parser: Some(ChatParser::new(tool, reasoning, options)),
             tool_choice,
+            tool_call,
         })
     }
 }

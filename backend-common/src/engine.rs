@@ -79,6 +79,19 @@ pub struct Prompt {
     pub add_bos: bool,
 }
 
+/// A forced tool call: the output must be `prefix`, then one JSON value matching `schema`,
+/// then `suffix`. The chat layer derives the shape from the model's tool parser; engines
+/// turn it into their own grammar format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallConstraint {
+    /// Literal text before the call object (e.g. `<tool_call>\n`).
+    pub prefix: String,
+    /// JSON schema of the call object(s).
+    pub schema: serde_json::Value,
+    /// Literal text after the call object.
+    pub suffix: String,
+}
+
 /// One generation request, validated.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
@@ -92,6 +105,9 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// A GBNF grammar constraining the output, if any.
     pub grammar: Option<String>,
+    /// The tool call the output must be (`ToolChoice` "required" or a named function);
+    /// never set together with `grammar`.
+    pub tool_call: Option<ToolCallConstraint>,
     /// Number of top alternatives to report per token when logprobs are requested.
     pub logprobs: Option<u32>,
 }

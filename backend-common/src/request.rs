@@ -22,6 +22,7 @@ pub fn generation_request(
         max_tokens,
         ignore_eos: req.ignore_eos,
         grammar: (!req.grammar.trim().is_empty()).then(|| req.grammar.clone()),
+        tool_call: None,
         logprobs,
     })
 }

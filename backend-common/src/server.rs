@@ -114,7 +114,16 @@ impl<E: Engine> BackendService<E> {
             .clone()
             .ok_or(EngineError::NotLoaded)?;
         let prepared = chat.prepare(req)?;
-        let generation = generation_request(req, prepared.prompt).map_err(EngineError::from)?;
+        let mut generation = generation_request(req, prepared.prompt).map_err(EngineError::from)?;
+        if let Some(call) = prepared.tool_call {
+            if generation.grammar.is_some() {
+                return Err(EngineError::InvalidArgument(
+                    "Grammar and a forced ToolChoice both constrain the output; send one of them (a forced call brings its own grammar)".into(),
+                )
+                .into());
+            }
+            generation.tool_call = Some(call);
+        }
         Ok((generation, prepared.parser))
     }
 

@@ -7,7 +7,11 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
-use backend_common::engine::{EngineError, GenerationRequest};
+use backend_common::engine::{EngineError, GenerationRequest, ToolCallConstraint};
+
+/// Root rule of a forced tool call's grammar; the JSON-schema converter names the call
+/// object's own rule `root`, which this one wraps in the parser's literal text.
+const FORCED_CALL_ROOT: &str = "forced-call";
 
 /// Builds the sampler for one request. `eog` lists the end-of-generation tokens (banned
 /// when the request ignores EOS); `default_seed` applies when the request sends none.
@@ -46,6 +50,14 @@ pub fn build(
             ))
         })?;
         chain.push(sampler);
+    } else if let Some(call) = &request.tool_call {
+        let grammar = tool_call_grammar(call)?;
+        let sampler = LlamaSampler::grammar(model, &grammar, FORCED_CALL_ROOT).map_err(|e| {
+            EngineError::InvalidArgument(format!(
+                "Tools: the forced tool call's grammar was rejected by llama.cpp ({e}); check the tool's parameters schema"
+            ))
+        })?;
+        chain.push(sampler);
     }
     if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(
@@ -78,6 +90,49 @@ pub fn build(
     Ok(LlamaSampler::chain_simple(chain))
 }
 
+/// GBNF for a forced tool call: the literal prefix, the call object as llama.cpp's
+/// JSON-schema converter writes it, the literal suffix.
+fn tool_call_grammar(call: &ToolCallConstraint) -> Result<String, EngineError> {
+    let object = llama_cpp_2::json_schema_to_grammar(&call.schema.to_string()).map_err(|e| {
+        EngineError::InvalidArgument(format!(
+            "Tools: a parameters schema cannot be turned into a grammar ({e}); use plain JSON-schema types, properties and required"
+        ))
+    })?;
+    let mut rule = format!("{FORCED_CALL_ROOT} ::=");
+    for part in [
+        gbnf_literal(&call.prefix),
+        Some("root".to_string()),
+        gbnf_literal(&call.suffix),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        rule.push(' ');
+        rule.push_str(&part);
+    }
+    Ok(format!("{rule}\n{object}"))
+}
+
+/// `text` as a GBNF string literal; `None` for empty text (GBNF has no empty literal).
+fn gbnf_literal(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Some(out)
+}
+
 /// A seed for requests that ask for none: different per request, no RNG crate needed.
 fn random_seed() -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -88,4 +143,38 @@ fn random_seed() -> u32 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(gbnf_literal(""), None);
+        assert_eq!(
+            gbnf_literal("<tool_call>\n\"a\\b\"").as_deref(),
+            Some(r#""<tool_call>\n\"a\\b\"""#)
+        );
+    }
+
+    #[test]
+    fn forced_call_wraps_the_schema_rule() {
+        let call = ToolCallConstraint {
+            prefix: "<tool_call>\n".into(),
+            schema: serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": "get_weather"}},
+                "required": ["name"],
+            }),
+            suffix: String::new(),
+        };
+        let grammar = tool_call_grammar(&call).unwrap();
+        assert!(
+            grammar.starts_with("forced-call ::= \"<tool_call>\\n\" root\n"),
+            "{grammar}"
+        );
+        assert!(grammar.contains("root ::= "), "{grammar}");
+        assert!(grammar.contains("get_weather"), "{grammar}");
+    }
 }
