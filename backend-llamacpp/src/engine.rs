@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -19,7 +19,7 @@ use backend_common::engine::{
 use backend_common::template::{SpecialTokens, TemplateSource};
 
 use crate::sampler;
-use crate::scheduler::{Event, Job, LoopConfig, Scheduler};
+use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler};
 use crate::settings::{CacheType, FlashAttention, LoadSettings};
 
 /// A loaded model and the decode loop serving it.
@@ -108,17 +108,54 @@ fn kv_type(t: CacheType) -> KvCacheType {
     }
 }
 
+/// Parameters of the generation context. Embeddings stay off there even for models loaded
+/// with `Embeddings`: they would make every token an output and slow generation down; the
+/// Embedding call has a context of its own ([`embedding_params`]).
 fn context_params(s: &LoadSettings, context_per_slot: u32) -> LlamaContextParams {
     let total = context_per_slot.saturating_mul(s.parallel);
-    let mut p = LlamaContextParams::default()
+    common_params(s)
         .with_n_ctx(NonZeroU32::new(total))
         .with_n_batch(s.n_batch)
         .with_n_ubatch(s.n_batch)
         .with_n_seq_max(s.parallel)
         .with_kv_unified(false)
+}
+
+/// Parameters of the embedding context: one sequence, and a batch that holds a whole text,
+/// since pooling covers one micro-batch.
+fn embedding_params(
+    model: &LlamaModel,
+    s: &LoadSettings,
+    context_per_slot: u32,
+) -> LlamaContextParams {
+    common_params(s)
+        .with_n_ctx(NonZeroU32::new(context_per_slot))
+        .with_n_batch(context_per_slot)
+        .with_n_ubatch(context_per_slot)
+        .with_n_seq_max(1)
+        .with_embeddings(true)
+        .with_pooling_type(embedding_pooling(model))
+}
+
+/// The model's own pooling when its GGUF declares one (embedding models), else mean pooling
+/// (chat models declare none, and llama.cpp would then pool nothing).
+fn embedding_pooling(model: &LlamaModel) -> LlamaPoolingType {
+    let declared = model
+        .meta_val_str("general.architecture")
+        .ok()
+        .and_then(|arch| model.meta_val_str(&format!("{arch}.pooling_type")).ok())
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match declared {
+        Some(kind) if kind > 0 => LlamaPoolingType::Unspecified,
+        _ => LlamaPoolingType::Mean,
+    }
+}
+
+/// What both contexts share: threads, attention, KV types and RoPE overrides.
+fn common_params(s: &LoadSettings) -> LlamaContextParams {
+    let mut p = LlamaContextParams::default()
         .with_n_threads(s.threads)
         .with_n_threads_batch(s.threads)
-        .with_embeddings(s.embeddings)
         .with_flash_attention_policy(match s.flash_attention {
             FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
             FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -151,6 +188,9 @@ fn kv_cache_bytes(model: &LlamaModel, s: &LoadSettings, tokens: u32) -> u64 {
 impl Engine for LlamaEngine {
     fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
         let settings = LoadSettings::from_request(request)?;
+        for note in &settings.ignored {
+            tracing::warn!("{note}");
+        }
         check_gguf(&settings.path)?;
         if let Some((lora, _)) = &settings.lora
             && !lora.is_file()
@@ -193,12 +233,15 @@ impl Engine for LlamaEngine {
             Arc::clone(&self.backend),
             Arc::clone(&model),
             context_params(&settings, context_per_slot),
+            settings
+                .embeddings
+                .then(|| embedding_params(&model, &settings, context_per_slot)),
             config,
             lora,
         )?;
         let vocab = model.vocab();
         let eog = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
-        let memory = MemoryReport {
+        let mut memory = MemoryReport {
             parts: vec![
                 ("weights".to_string(), model.size()),
                 (
@@ -207,6 +250,12 @@ impl Engine for LlamaEngine {
                 ),
             ],
         };
+        if settings.embeddings {
+            memory.parts.push((
+                "embedding_kv_cache".to_string(),
+                kv_cache_bytes(&model, &settings, context_per_slot),
+            ));
+        }
         let info = model_info(&model, context_per_slot);
         self.replace(Some(Arc::new(Loaded {
             scheduler,
@@ -293,6 +342,33 @@ impl Engine for LlamaEngine {
         Err(EngineError::Internal(
             "the decode loop ended without finishing the request".into(),
         ))
+    }
+
+    fn embed(&self, text: &str) -> Result<Vec<f32>, EngineError> {
+        let loaded = self.current()?;
+        if !loaded.settings.embeddings {
+            return Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into()));
+        }
+        if text.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "Embeddings and Prompt are both empty; send the text to embed".into(),
+            ));
+        }
+        let tokens = tokenize(&loaded.model, text, true);
+        if tokens.len() > loaded.context_per_slot as usize {
+            return Err(EngineError::InvalidArgument(format!(
+                "the text has {} tokens but an embedding takes at most {}; shorten it or load with a larger ContextSize",
+                tokens.len(),
+                loaded.context_per_slot
+            )));
+        }
+        let (reply, result) = mpsc::channel();
+        loaded.scheduler.embed(EmbedJob { tokens, reply })?;
+        // The loaded model must outlive the job even if it is replaced meanwhile.
+        drop(loaded);
+        result.recv().map_err(|_| {
+            EngineError::Internal("the decode loop ended before the embedding was done".into())
+        })?
     }
 
     fn memory(&self) -> MemoryReport {

@@ -5,6 +5,10 @@
 //! last sampled token of every generating slot and as much pending prompt as the batch
 //! budget allows into one `llama_decode`, then samples every slot whose logits are ready.
 //! New requests join between steps; finished or cancelled ones free their slot at once.
+//!
+//! Embedding requests run on the same thread, between steps, in a second context of their
+//! own (pooled embeddings need a context created for them), so they never wait for a slot.
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -46,6 +50,25 @@ pub struct Job {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// An embedding request handed to the decode loop.
+pub struct EmbedJob {
+    /// The text, tokenized; it fits in one batch of the embedding context.
+    pub tokens: Vec<LlamaToken>,
+    /// Where the normalised, pooled embedding goes.
+    pub reply: Sender<Result<Vec<f32>, EngineError>>,
+}
+
+/// Work for the decode thread.
+enum Work {
+    /// A generation (boxed: a job is far larger than an embedding request).
+    Generate(Box<Job>),
+    /// An embedding.
+    Embed(EmbedJob),
+}
+
+/// Why an Embedding call is refused on a model loaded without `Embeddings`.
+pub const EMBEDDINGS_OFF: &str = "the model was loaded without Embeddings; load it with `Embeddings: true` (`embeddings: true` in the LocalAI model config) to use the Embedding call";
+
 /// Shape of the decode loop.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopConfig {
@@ -61,21 +84,23 @@ pub struct LoopConfig {
 
 /// The running decode loop; dropping it stops the loop and fails requests still running.
 pub struct Scheduler {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Work>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Scheduler {
-    /// Creates the context on a new thread and starts the loop there.
+    /// Creates the context (and, with `embedding` params, the embedding context) on a new
+    /// thread and starts the loop there.
     pub fn start(
         backend: Arc<LlamaBackend>,
         model: Arc<LlamaModel>,
         params: LlamaContextParams,
+        embedding: Option<LlamaContextParams>,
         config: LoopConfig,
         lora: Option<(LlamaLoraAdapter, f32)>,
     ) -> Result<Self, EngineError> {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Work>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EngineError>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
@@ -102,7 +127,17 @@ impl Scheduler {
                     ))));
                     return;
                 }
-                let mut decode_loop = DecodeLoop::new(&model, ctx, config);
+                let embedder = match embedding.map(|p| model.new_context(&backend, p)) {
+                    None => None,
+                    Some(Ok(ctx)) => Some(ctx),
+                    Some(Err(e)) => {
+                        let _ = ready_tx.send(Err(EngineError::ResourceExhausted(format!(
+                            "cannot create the embedding context ({e}); lower ContextSize"
+                        ))));
+                        return;
+                    }
+                };
+                let mut decode_loop = DecodeLoop::new(&model, ctx, embedder, config);
                 if config.warmup {
                     decode_loop.warmup();
                 }
@@ -131,9 +166,18 @@ impl Scheduler {
 
     /// Queues a job; it starts at the next step with a free slot.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        self.send(Work::Generate(Box::new(job)))
+    }
+
+    /// Queues an embedding; it runs before the next step.
+    pub fn embed(&self, job: EmbedJob) -> Result<(), EngineError> {
+        self.send(Work::Embed(job))
+    }
+
+    fn send(&self, work: Work) -> Result<(), EngineError> {
         self.jobs
             .as_ref()
-            .and_then(|tx| tx.send(job).ok())
+            .and_then(|tx| tx.send(work).ok())
             .ok_or(EngineError::NotLoaded)
     }
 }
@@ -167,17 +211,25 @@ struct Slot {
 struct DecodeLoop<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
+    /// The pooled-embedding context, when the model was loaded with `Embeddings`.
+    embedder: Option<LlamaContext<'m>>,
     batch: LlamaBatch<'static>,
     slots: Vec<Option<Slot>>,
     config: LoopConfig,
 }
 
 impl<'m> DecodeLoop<'m> {
-    fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, config: LoopConfig) -> Self {
+    fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        embedder: Option<LlamaContext<'m>>,
+        config: LoopConfig,
+    ) -> Self {
         let capacity = config.n_batch.max(config.parallel) as usize;
         DecodeLoop {
             model,
             ctx,
+            embedder,
             batch: LlamaBatch::new(capacity, config.parallel as i32),
             slots: (0..config.parallel).map(|_| None).collect(),
             config,
@@ -194,21 +246,23 @@ impl<'m> DecodeLoop<'m> {
         self.ctx.clear_kv_cache();
     }
 
-    fn run(&mut self, jobs: &Receiver<Job>, stop: &AtomicBool) {
+    fn run(&mut self, jobs: &Receiver<Work>, stop: &AtomicBool) {
         let mut senders_gone = false;
+        // Generation requests that arrived while every slot was taken.
+        let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
-            if self.slots.iter().all(Option::is_none) {
+            if self.slots.iter().all(Option::is_none) && waiting.is_empty() {
                 if senders_gone {
                     return;
                 }
                 match jobs.recv() {
-                    Ok(job) => self.admit(0, job),
+                    Ok(work) => self.accept(work, &mut waiting),
                     Err(_) => return,
                 }
             }
-            while let Some(free) = self.slots.iter().position(Option::is_none) {
+            loop {
                 match jobs.try_recv() {
-                    Ok(job) => self.admit(free, job),
+                    Ok(work) => self.accept(work, &mut waiting),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         senders_gone = true;
@@ -216,9 +270,18 @@ impl<'m> DecodeLoop<'m> {
                     }
                 }
             }
+            while let Some(free) = self.slots.iter().position(Option::is_none) {
+                match waiting.pop_front() {
+                    Some(job) => self.admit(free, job),
+                    None => break,
+                }
+            }
             if stop.load(Ordering::SeqCst) {
                 for i in 0..self.slots.len() {
                     self.fail(i, EngineError::NotLoaded);
+                }
+                for job in waiting.drain(..) {
+                    let _ = job.events.send(Event::Done(Err(EngineError::NotLoaded)));
                 }
                 return;
             }
@@ -231,6 +294,20 @@ impl<'m> DecodeLoop<'m> {
                 }
             }
             self.step();
+        }
+    }
+
+    /// Runs an embedding now; queues a generation for the next free slot.
+    fn accept(&mut self, work: Work, waiting: &mut VecDeque<Job>) {
+        match work {
+            Work::Generate(job) => waiting.push_back(*job),
+            Work::Embed(job) => {
+                let result = match self.embedder.as_mut() {
+                    Some(ctx) => embed(ctx, &job.tokens),
+                    None => Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into())),
+                };
+                let _ = job.reply.send(result);
+            }
         }
     }
 
@@ -379,6 +456,29 @@ impl<'m> DecodeLoop<'m> {
         let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
         let _ = slot.job.events.send(Event::Done(Err(error)));
     }
+}
+
+/// The pooled embedding of `tokens`, L2-normalised as llama.cpp's server does.
+fn embed(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<Vec<f32>, EngineError> {
+    // Each embedding starts from an empty cache: pooling covers exactly these tokens.
+    ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    batch
+        .add_sequence(tokens, 0, true)
+        .map_err(|e| EngineError::Internal(format!("cannot build the embedding batch ({e})")))?;
+    ctx.decode(&mut batch).map_err(|e| {
+        EngineError::ResourceExhausted(format!("llama.cpp could not compute the embedding ({e})"))
+    })?;
+    let pooled = ctx.embeddings_seq_ith(0).map_err(|e| {
+        EngineError::Internal(format!("llama.cpp returned no pooled embedding ({e})"))
+    })?;
+    let norm = pooled
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+    Ok(pooled.iter().map(|&x| x * scale).collect())
 }
 
 /// Log-probability of `token` and the `top` most likely tokens, from raw logits.

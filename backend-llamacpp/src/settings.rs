@@ -130,6 +130,36 @@ pub struct LoadSettings {
     pub parallel: u32,
     /// Run one empty decode after loading so the first request does not pay for it.
     pub warmup: bool,
+    /// Options that were read and are valid but cannot be honoured, each with the reason;
+    /// logged at load so an operator sees them.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the llama-server options this worker accepts but cannot act on, and says why for
+/// each one given; a malformed value is still an error.
+fn ignored_options(req: &LoadRequest) -> Result<Vec<String>, EngineError> {
+    let mut ignored = Vec::new();
+    // Chat templates are always the model's Jinja template, rendered by backend-common.
+    if req.extra.get_bool(&["use_jinja", "jinja"])? == Some(false) {
+        ignored.push(
+            "option `jinja:false` is ignored: this worker always renders the model's own Jinja chat template and has no legacy template engine to fall back to".to_string(),
+        );
+    }
+    if req
+        .extra
+        .get_int::<u32>(&["cache_reuse"])?
+        .is_some_and(|n| n > 0)
+    {
+        ignored.push(
+            "option `cache_reuse` is ignored: prompt KV-cache reuse is not implemented; every request evaluates its whole prompt".to_string(),
+        );
+    }
+    if req.extra.get_bool(&["context_shift"])? == Some(true) {
+        ignored.push(
+            "option `context_shift` is ignored: context shifting is not implemented; a request that reaches the end of its context stops there (finish reason length); raise ContextSize instead".to_string(),
+        );
+    }
+    Ok(ignored)
 }
 
 fn positive_or_none(v: f32) -> Option<f32> {
@@ -190,6 +220,7 @@ impl LoadSettings {
             )));
         }
         req.extra.warn_unknown(KNOWN_OPTIONS);
+        let ignored = ignored_options(req)?;
         Ok(LoadSettings {
             path: req.path.clone(),
             context_size: non_negative("ContextSize", o.context_size)?,
@@ -211,6 +242,7 @@ impl LoadSettings {
             lora,
             parallel,
             warmup: req.extra.get_bool(&["warmup"])?.unwrap_or(true),
+            ignored,
         })
     }
 
@@ -245,6 +277,7 @@ mod tests {
             (0, 512, DEFAULT_PARALLEL)
         );
         assert!(s.threads >= 1 && s.warmup && s.lora.is_none());
+        assert!(s.ignored.is_empty());
         assert_eq!(s.flash_attention, FlashAttention::Auto);
         assert_eq!(s.effective_context(32768), DEFAULT_CONTEXT);
         assert_eq!(s.effective_context(2048), 2048);
@@ -270,6 +303,35 @@ mod tests {
         assert_eq!(s.lora, Some((PathBuf::from("/models/a.gguf"), 1.0)));
         assert_eq!((s.parallel, s.warmup), (2, false));
         assert_eq!(s.effective_context(32768), 1024);
+    }
+
+    #[test]
+    fn llama_server_options_are_read_and_unsupported_ones_reported() {
+        let with = |options: &[&str]| {
+            LoadSettings::from_request(&request(ModelOptions {
+                options: options.iter().map(|o| o.to_string()).collect(),
+                ..Default::default()
+            }))
+        };
+        let honoured = with(&["use_jinja:true", "cache_reuse:0", "context_shift:false"]).unwrap();
+        assert!(honoured.ignored.is_empty(), "{:?}", honoured.ignored);
+        let s = with(&["jinja:false", "cache_reuse:256", "context_shift"]).unwrap();
+        assert_eq!(s.ignored.len(), 3, "{:?}", s.ignored);
+        for (note, option) in s
+            .ignored
+            .iter()
+            .zip(["jinja", "cache_reuse", "context_shift"])
+        {
+            assert!(note.contains(option) && note.contains("ignored"), "{note}");
+        }
+        for bad in [
+            "cache_reuse:lots",
+            "context_shift:sometimes",
+            "use_jinja:2x",
+        ] {
+            let e = with(&[bad]).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{bad}: {e}");
+        }
     }
 
     #[test]
