@@ -607,3 +607,363 @@ fn render_prints_the_exact_prompt_without_loading_weights() {
     );
     assert!(prompt.ends_with("<|im_start|>user\nWhat's the weather like in Paris, France?<|im_end|>\n<|im_start|>assistant\n"), "{prompt}");
 }
+
+/// The `logprobs` entries of a reply, in order.
+fn logprob_entries(reply: &Reply) -> Vec<serde_json::Value> {
+    if reply.logprobs.is_empty() {
+        return Vec::new();
+    }
+    let json: serde_json::Value = serde_json::from_slice(&reply.logprobs).unwrap();
+    json["content"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_stream_frees_the_worker() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut stream = client
+        .predict_stream(raw("Write a very long story about a dragon:", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some(), "a first chunk");
+    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+    assert_eq!(status.state, State::Busy as i32, "still generating");
+    drop(stream);
+    // Without cancellation this request would run to the end of its 1024-token context,
+    // about 40 s at SmolLM2's speed here.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+        if status.state == State::Ready as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {:?} 5 s after the client left",
+            status.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = tokio::time::timeout(Duration::from_secs(10), client.predict(raw("Hello", 8)))
+        .await
+        .expect("the next request is served promptly")
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.tokens, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logprobs_cover_every_token_with_sorted_alternatives() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut req = raw("The capital of France is", 8);
+    req.logprobs = 1;
+    req.top_logprobs = 3;
+    let reply = client.predict(req.clone()).await.unwrap().into_inner();
+    let entries = logprob_entries(&reply);
+    assert_eq!(entries.len(), reply.tokens as usize, "{entries:?}");
+    let mut pieces = Vec::new();
+    for entry in &entries {
+        let logprob = entry["logprob"].as_f64().unwrap();
+        assert!(logprob <= 0.0, "{entry}");
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{entry}");
+        let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+        assert!(values.iter().all(|&v| v <= 0.0), "{values:?}");
+        assert_eq!(entry["id"], top[0]["id"], "greedy picks the best: {entry}");
+        assert_eq!(logprob, values[0]);
+        pieces.extend(
+            entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(pieces, reply.message, "entries spell the answer");
+    let streamed: usize = collect(&mut client, req)
+        .await
+        .iter()
+        .map(|r| logprob_entries(r).len())
+        .sum();
+    assert_eq!(
+        streamed,
+        entries.len(),
+        "the stream carries the same entries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_seed_samples_the_same_text() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let sampled = |seed: i32| {
+        let mut req = raw("Once upon a time", 24);
+        req.temperature = 0.9;
+        req.seed = seed;
+        req
+    };
+    let a = client.predict(sampled(1234)).await.unwrap().into_inner();
+    let b = client.predict(sampled(1234)).await.unwrap().into_inner();
+    assert!(!a.message.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&a.message),
+        String::from_utf8_lossy(&b.message)
+    );
+    let streamed = collect(&mut client, sampled(1234)).await;
+    assert_eq!(text(&streamed).as_bytes(), a.message.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logit_bias_can_ban_the_greedy_first_token() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut req = raw("The capital of France is", 6);
+    req.logprobs = 1;
+    let free = client.predict(req.clone()).await.unwrap().into_inner();
+    let first = logprob_entries(&free)[0]["id"].as_i64().unwrap();
+    req.logit_bias = format!("{{\"{first}\": -100}}");
+    let biased = client.predict(req.clone()).await.unwrap().into_inner();
+    let biased_first = logprob_entries(&biased)[0]["id"].as_i64().unwrap();
+    assert_ne!(biased_first, first);
+    assert_ne!(biased.message, free.message);
+    req.logit_bias = "{\"99999999\": 5}".into();
+    let e = client.predict(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("LogitBias"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignore_eos_generates_exactly_the_token_limit() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut req = chat("Reply with one word: yes or no. Is water wet?");
+    req.tokens = 48;
+    let free = client.predict(req.clone()).await.unwrap().into_inner();
+    assert!(free.tokens < 48, "the model stops by itself: {free:?}");
+    req.ignore_eos = true;
+    let forced = client.predict(req.clone()).await.unwrap().into_inner();
+    assert_eq!(forced.tokens, 48);
+    let streamed = collect(&mut client, req).await;
+    assert_eq!(streamed.last().unwrap().tokens, 48);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grammar_constrains_the_output_to_json() {
+    let (_worker, mut client) = started_with(SMOLLM2).await;
+    let mut req = chat("Describe a person as JSON with a name and an age.");
+    req.tokens = 100;
+    req.grammar = r#"root ::= "{" ws "\"name\":" ws name "," ws "\"age\":" ws age ws "}"
+name ::= "\"" [A-Za-z ]{1,20} "\""
+age ::= [1-9] [0-9]?
+ws ::= " "?"#
+        .into();
+    for reply in [
+        client.predict(req.clone()).await.unwrap().into_inner(),
+        Reply {
+            message: text(&collect(&mut client, req.clone()).await).into_bytes(),
+            ..Default::default()
+        },
+    ] {
+        let answer = String::from_utf8_lossy(&reply.message);
+        let value: serde_json::Value = serde_json::from_str(&answer).expect("valid JSON");
+        let object = value.as_object().unwrap();
+        assert_eq!(object.len(), 2, "{answer}");
+        assert!(!object["name"].as_str().unwrap().is_empty(), "{answer}");
+        assert!(
+            (1..100).contains(&object["age"].as_u64().unwrap()),
+            "{answer}"
+        );
+    }
+}
+
+const TWO_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}]"#;
+
+/// The weather question with two tools on offer and the given tool choice.
+fn forced_request(tool_choice: &str) -> PredictOptions {
+    PredictOptions {
+        tools: TWO_TOOLS.into(),
+        tool_choice: tool_choice.into(),
+        tokens: 60,
+        ..weather_request()
+    }
+}
+
+/// The one call of a reply, merged from its chat deltas as LocalAI merges them.
+fn single_call(replies: &[Reply]) -> (String, serde_json::Value) {
+    let (mut names, mut arguments, mut indices) = (Vec::new(), String::new(), Vec::new());
+    for delta in replies.iter().flat_map(|r| &r.chat_deltas) {
+        for call in &delta.tool_calls {
+            indices.push(call.index);
+            if !call.name.is_empty() {
+                names.push(call.name.clone());
+            }
+            arguments.push_str(&call.arguments);
+        }
+    }
+    assert_eq!(names.len(), 1, "one call, named once: {replies:?}");
+    assert!(indices.iter().all(|&i| i == 0), "{indices:?}");
+    let arguments = serde_json::from_str(&arguments)
+        .unwrap_or_else(|e| panic!("arguments {arguments:?} are not JSON: {e}"));
+    (names.remove(0), arguments)
+}
+
+fn assert_weather_arguments(arguments: &serde_json::Value) {
+    let object = arguments.as_object().expect("an object");
+    assert!(
+        object["location"].as_str().is_some_and(|l| !l.is_empty()),
+        "{arguments}"
+    );
+    assert!(
+        object.keys().all(|k| k == "location" || k == "unit"),
+        "only the schema's properties: {arguments}"
+    );
+    if let Some(unit) = object.get("unit") {
+        assert!(unit == "celsius" || unit == "fahrenheit", "{arguments}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_tool_choice_makes_qwen_call_a_tool() {
+    let (_worker, mut client) = started_with(QWEN).await;
+    let named = r#"{"type":"function","function":{"name":"get_weather"}}"#;
+    for choice in ["\"required\"", named] {
+        let unary = client
+            .predict(forced_request(choice))
+            .await
+            .unwrap()
+            .into_inner();
+        let (name, arguments) = single_call(std::slice::from_ref(&unary));
+        assert_eq!(name, "get_weather", "{choice}");
+        assert_weather_arguments(&arguments);
+        assert!(
+            unary.message.is_empty(),
+            "no markup or prose in the content: {:?}",
+            String::from_utf8_lossy(&unary.message)
+        );
+        let streamed = collect(&mut client, forced_request(choice)).await;
+        assert!(
+            streamed.iter().all(|r| r.message.is_empty()),
+            "{streamed:?}"
+        );
+        assert_eq!(single_call(&streamed), (name, arguments), "{choice}");
+    }
+    // Forcing overrides the model's own preference for get_weather here.
+    let time = client
+        .predict(forced_request(
+            r#"{"type":"function","function":{"name":"get_time"}}"#,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (name, arguments) = single_call(std::slice::from_ref(&time));
+    assert_eq!(name, "get_time");
+    assert!(
+        arguments["zone"].as_str().is_some_and(|z| !z.is_empty()),
+        "{arguments}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_tool_choice_errors_name_the_problem() {
+    let (worker, mut client) = started_with(QWEN).await;
+    let mut with_grammar = forced_request("\"required\"");
+    with_grammar.grammar = "root ::= \"x\"".into();
+    let e = client.predict(with_grammar).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("Grammar"), "{e}");
+    let mut kimi = load_options(QWEN);
+    kimi.options = vec!["tool_parser:kimi_k2".into()];
+    assert!(client.load_model(kimi).await.unwrap().into_inner().success);
+    let e = client
+        .predict(forced_request("\"required\""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("kimi_k2"), "{e}");
+    drop(worker);
+    let (_worker, mut smol) = started_with(SMOLLM2).await;
+    let e = smol
+        .predict_stream(forced_request("\"required\""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("tool_parser"), "{e}");
+    let reply = smol.predict(raw("Hello", 3)).await.unwrap().into_inner();
+    assert_eq!(reply.tokens, 3, "the model keeps serving");
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_are_pooled_normalised_and_meaningful() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    assert!(
+        client
+            .load_model(load_options(SMOLLM2))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let text = |t: &str| PredictOptions {
+        embeddings: t.into(),
+        ..Default::default()
+    };
+    let e = client.embedding(text("hello")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("Embeddings"), "{e}");
+
+    let mut options = load_options(SMOLLM2);
+    options.embeddings = true;
+    assert!(
+        client
+            .load_model(options)
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let embed = |req: PredictOptions| {
+        let mut client = client.clone();
+        async move { client.embedding(req).await.unwrap().into_inner().embeddings }
+    };
+    let cat = embed(text("The cat sat on the mat.")).await;
+    assert_eq!(cat.len(), 576, "SmolLM2-135M's n_embd");
+    let norm: f32 = cat.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "normalised: {norm}");
+    assert_eq!(
+        embed(text("The cat sat on the mat.")).await,
+        cat,
+        "deterministic"
+    );
+    let prompt = embed(PredictOptions {
+        prompt: "The cat sat on the mat.".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(prompt, cat, "Prompt is used when Embeddings is empty");
+    let kitten = embed(text("A kitten was sitting on the rug.")).await;
+    let finance = embed(text("Quarterly revenue grew by eight percent.")).await;
+    assert_ne!(kitten, cat);
+    assert!(
+        cosine(&cat, &kitten) > cosine(&cat, &finance),
+        "similar {} vs unrelated {}",
+        cosine(&cat, &kitten),
+        cosine(&cat, &finance)
+    );
+    let e = client.embedding(text("")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Generation still works on a model loaded for embeddings.
+    assert_eq!(
+        client
+            .predict(raw("Hello", 4))
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens,
+        4
+    );
+}
