@@ -1,4 +1,10 @@
 //! Talking to LocalAI backend workers from the outside: a gRPC client with LocalAI's bearer
-//! auth, and a supervisor that starts a worker binary the way LocalAI does.
+//! auth, a supervisor that starts a worker binary the way LocalAI does, and the conformance
+//! harness (`e2e-backends`): its configuration, shared context, capability checks and JUnit
+//! output.
+pub mod caps;
 pub mod client;
+pub mod config;
+pub mod context;
+pub mod junit;
 pub mod worker;

@@ -1,0 +1,340 @@
+//! What the trials share: the configuration, one async runtime, the worker under test (started
+//! on first use and kept for all trials, as LocalAI's harness does) and the model it has loaded.
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backend_common::pb::{self, ModelOptions, PredictOptions};
+use tokio::sync::Mutex;
+
+use crate::caps::CheckError;
+use crate::client::{Client, connect};
+use crate::config::{Config, ModelSource, Target};
+use crate::worker::{Launch, Worker};
+
+/// The shared state of one harness run.
+pub struct Context {
+    /// The configuration.
+    pub config: Config,
+    /// Print details of each check (`--nocapture`).
+    pub verbose: bool,
+    runtime: tokio::runtime::Runtime,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    worker: Option<Worker>,
+    /// The options the worker's model was loaded with, when one is loaded by us.
+    loaded: Option<LoadKey>,
+    model: Option<ResolvedModel>,
+}
+
+/// What a load was made with, to know whether the worker holds the default model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoadKey {
+    options: Vec<String>,
+    embeddings: bool,
+}
+
+/// The model as the worker is told about it.
+#[derive(Debug, Clone)]
+struct ResolvedModel {
+    model: String,
+    model_file: String,
+    model_path: String,
+}
+
+impl Context {
+    /// A context for `config`, with its own runtime.
+    pub fn new(config: Config, verbose: bool) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        Ok(Context {
+            config,
+            verbose,
+            runtime,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Runs `future` to completion on the shared runtime.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Prints a detail of a check when `--nocapture` was given.
+    pub fn note(&self, message: impl AsRef<str>) {
+        if self.verbose {
+            eprintln!("    {}", message.as_ref());
+        }
+    }
+
+    /// Whether the target is a binary the harness can start more copies of.
+    pub fn can_spawn(&self) -> bool {
+        matches!(self.config.target, Some(Target::Binary(_)))
+    }
+
+    /// The address of the worker under test, starting it on first use.
+    pub async fn addr(&self) -> Result<String, CheckError> {
+        let mut state = self.state.lock().await;
+        self.addr_locked(&mut state).await
+    }
+
+    async fn addr_locked(&self, state: &mut State) -> Result<String, CheckError> {
+        match &self.config.target {
+            None => Err(CheckError::Setup(
+                "no target: set BACKEND_BINARY or BACKEND_ADDR".into(),
+            )),
+            Some(Target::Addr(addr)) => Ok(addr.clone()),
+            Some(Target::Binary(_)) => {
+                if state.worker.is_none() {
+                    let env: Vec<(&str, &str)> = self
+                        .config
+                        .token
+                        .as_deref()
+                        .map(|t| vec![(backend_common::server::AUTH_TOKEN_ENV, t)])
+                        .unwrap_or_default();
+                    state.worker = Some(self.spawn(&env, self.config.token.as_deref()).await?);
+                }
+                Ok(state
+                    .worker
+                    .as_ref()
+                    .map(|w| w.addr.clone())
+                    .unwrap_or_default())
+            }
+        }
+    }
+
+    /// Starts another copy of the target binary with extra environment variables (for
+    /// checks that need a fresh or differently configured worker); `None` when the target
+    /// cannot be started by the harness.
+    pub async fn spawn_fresh(
+        &self,
+        env: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Result<Option<Worker>, CheckError> {
+        if !self.can_spawn() {
+            return Ok(None);
+        }
+        Ok(Some(self.spawn(env, token).await?))
+    }
+
+    async fn spawn(&self, env: &[(&str, &str)], token: Option<&str>) -> Result<Worker, CheckError> {
+        let Some(Target::Binary(binary)) = &self.config.target else {
+            return Err(CheckError::Setup("the target is not a binary".into()));
+        };
+        let log = if self.verbose {
+            None
+        } else {
+            Some(worker_log()?)
+        };
+        Ok(Worker::launch(Launch {
+            binary,
+            env,
+            token,
+            timeout: self.config.startup_timeout,
+            any_health: true,
+            log,
+        })
+        .await?)
+    }
+
+    /// A client of the worker under test, with the configured token.
+    pub async fn client(&self) -> Result<Client, CheckError> {
+        let addr = self.addr().await?;
+        Ok(connect(&addr, self.config.token.as_deref()).await?)
+    }
+
+    /// A client of the worker under test, whose default model is loaded (loading it if the
+    /// worker holds none or another one).
+    pub async fn loaded_client(&self) -> Result<Client, CheckError> {
+        let mut state = self.state.lock().await;
+        let addr = self.addr_locked(&mut state).await?;
+        let mut client = connect(&addr, self.config.token.as_deref()).await?;
+        let key = self.default_key();
+        if state.loaded.as_ref() != Some(&key) {
+            drop(state);
+            self.load(&mut client, &key.options, key.embeddings).await?;
+        }
+        Ok(client)
+    }
+
+    fn default_key(&self) -> LoadKey {
+        LoadKey {
+            options: self.config.options.clone(),
+            embeddings: self.config.requested(crate::caps::Capability::Embeddings),
+        }
+    }
+
+    /// Loads the model with `options` through `client` and remembers what is loaded.
+    /// `success=false` is an error here; the `load` check reports it as such.
+    pub async fn load(
+        &self,
+        client: &mut Client,
+        options: &[String],
+        embeddings: bool,
+    ) -> Result<pb::Result, CheckError> {
+        let request = self.model_options(options, embeddings).await?;
+        self.note(format!(
+            "LoadModel Model={:?} ModelFile={:?} Options={:?}",
+            request.model, request.model_file, request.options
+        ));
+        let mut state = self.state.lock().await;
+        state.loaded = None;
+        let result = client
+            .load_model(request)
+            .await
+            .map_err(|status| CheckError::Rpc {
+                call: "LoadModel",
+                status,
+            })?
+            .into_inner();
+        if !result.success {
+            return Err(CheckError::Failed(format!(
+                "LoadModel answered success=false: {}",
+                result.message
+            )));
+        }
+        state.loaded = Some(LoadKey {
+            options: options.to_vec(),
+            embeddings,
+        });
+        Ok(result)
+    }
+
+    /// Forgets which model is loaded (after Free, or after a check loaded something else).
+    pub async fn forget_load(&self) {
+        self.state.lock().await.loaded = None;
+    }
+
+    /// The LoadModel request for the configured model with `options`.
+    pub async fn model_options(
+        &self,
+        options: &[String],
+        embeddings: bool,
+    ) -> Result<ModelOptions, CheckError> {
+        let model = self.resolve_model().await?;
+        Ok(ModelOptions {
+            model: model.model,
+            model_file: model.model_file,
+            model_path: model.model_path,
+            context_size: self.config.ctx_size,
+            threads: self.config.threads,
+            embeddings,
+            options: options.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    async fn resolve_model(&self) -> Result<ResolvedModel, CheckError> {
+        let mut state = self.state.lock().await;
+        if let Some(model) = &state.model {
+            return Ok(model.clone());
+        }
+        let file = match &self.config.model {
+            None => {
+                return Err(CheckError::Setup(
+                    "no model: set BACKEND_TEST_MODEL_FILE, BACKEND_TEST_MODEL_URL or BACKEND_TEST_MODEL_NAME".into(),
+                ));
+            }
+            Some(ModelSource::Name(name)) => {
+                let model = ResolvedModel {
+                    model: name.clone(),
+                    model_file: String::new(),
+                    model_path: String::new(),
+                };
+                state.model = Some(model.clone());
+                return Ok(model);
+            }
+            Some(ModelSource::File(path)) => std::fs::canonicalize(path).map_err(|e| {
+                CheckError::Setup(format!("BACKEND_TEST_MODEL_FILE {}: {e}", path.display()))
+            })?,
+            Some(ModelSource::Url(url)) => download(url).await?,
+        };
+        let model = ResolvedModel {
+            model: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            model_file: file.display().to_string(),
+            model_path: file
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        };
+        state.model = Some(model.clone());
+        Ok(model)
+    }
+
+    /// The predict request of LocalAI's `predict` and `stream` checks.
+    pub fn predict_options(&self) -> PredictOptions {
+        PredictOptions {
+            prompt: self.config.prompt.clone(),
+            tokens: 20,
+            temperature: 0.1,
+            top_k: 40,
+            top_p: 0.9,
+            ..Default::default()
+        }
+    }
+
+    /// Stops the worker the harness started, if any.
+    pub fn shutdown(&self) {
+        self.block_on(async {
+            if let Some(worker) = self.state.lock().await.worker.take() {
+                let _ = worker.stop(Duration::from_secs(10)).await;
+            }
+        });
+    }
+}
+
+/// A file for a started worker's logs, so that they do not interleave with the trial
+/// lines (`--nocapture` shows them instead).
+fn worker_log() -> Result<std::fs::File, CheckError> {
+    let path = std::env::temp_dir().join(format!("e2e-backends-{}.log", std::process::id()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| CheckError::Setup(format!("worker log {}: {e}", path.display())))
+}
+
+/// Downloads `url` (with `curl`) into the temp folder once, as LocalAI's harness does.
+async fn download(url: &str) -> Result<PathBuf, CheckError> {
+    let name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("model.bin");
+    let dir = std::env::temp_dir().join("e2e-backends-models");
+    let path = dir.join(name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CheckError::Setup(format!("{}: {e}", dir.display())))?;
+    let partial = dir.join(format!("{name}.part"));
+    let output = tokio::process::Command::new("curl")
+        .args(["--fail", "--location", "--silent", "--show-error"])
+        .args(["--connect-timeout", "20", "--output"])
+        .arg(&partial)
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| CheckError::Setup(format!("BACKEND_TEST_MODEL_URL needs curl: {e}")))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(CheckError::Setup(format!(
+            "BACKEND_TEST_MODEL_URL {url} cannot be downloaded from this machine ({}): {}; \
+             download it elsewhere and use BACKEND_TEST_MODEL_FILE",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    std::fs::rename(&partial, &path)
+        .map_err(|e| CheckError::Setup(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
