@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod cli;
 pub mod engine;
+pub mod logprobs;
 pub mod model_path;
 pub mod options;
 pub mod parsers;

@@ -142,6 +142,18 @@ impl SamplingParams {
     }
 }
 
+/// A seed for requests that ask for none: different per request, with no RNG crate.
+pub fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
 /// Parses `LogitBias`: a JSON object mapping token ids (as strings or numbers) to biases.
 fn parse_logit_bias(raw: &str) -> Result<Vec<(i32, f32)>, InvalidRequest> {
     if raw.trim().is_empty() {
