@@ -84,7 +84,10 @@ pub fn build(
             chain.push(LlamaSampler::min_p(p.min_p, 1));
         }
         chain.push(LlamaSampler::temp(p.temperature));
-        let seed = p.seed.or(default_seed).unwrap_or_else(random_seed);
+        let seed = p
+            .seed
+            .or(default_seed)
+            .unwrap_or_else(backend_common::sampling::random_seed);
         chain.push(LlamaSampler::dist(seed));
     }
     Ok(LlamaSampler::chain_simple(chain))
@@ -131,18 +134,6 @@ fn gbnf_literal(text: &str) -> Option<String> {
     }
     out.push('"');
     Some(out)
-}
-
-/// A seed for requests that ask for none: different per request, no RNG crate needed.
-fn random_seed() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() as u32
 }
 
 #[cfg(test)]

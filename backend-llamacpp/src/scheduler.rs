@@ -483,26 +483,16 @@ fn embed(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<Vec<f32>, 
 
 /// Log-probability of `token` and the `top` most likely tokens, from raw logits.
 fn token_logprob(model: &LlamaModel, logits: &[f32], token: LlamaToken, top: u32) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
-    let logprob_of = |id: usize| logits.get(id).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
-    let mut best: Vec<usize> = (0..logits.len()).collect();
-    let k = (top as usize).min(best.len());
-    if k > 0 {
-        best.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-        best.truncate(k);
-        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    } else {
-        best.clear();
-    }
+    let (logprob, best) =
+        backend_common::logprobs::from_logits(logits, token.0 as usize, top as usize);
     let vocab = model.vocab();
     TokenLogprob {
-        logprob: logprob_of(token.0 as usize),
+        logprob,
         top: best
             .into_iter()
-            .map(|id| {
+            .map(|(id, logprob)| {
                 let t = LlamaToken(id as i32);
-                (t.0, vocab.token_to_piece(t, true, None), logprob_of(id))
+                (t.0, vocab.token_to_piece(t, true, None), logprob)
             })
             .collect(),
     }
