@@ -117,14 +117,10 @@ fn expect_code(what: &str, error: Option<tonic::Status>, codes: &[Code]) -> Resu
     Ok(())
 }
 
-/// Health is "OK" and the loaded model answers.
+/// Health answers and the loaded model answers.
 async fn still_serving(ctx: &Context, client: &mut Client) -> Result<Verdict, CheckError> {
-    let health = client.health(HealthMessage {}).await.rpc("Health")?;
-    ensure!(
-        health.message == b"OK",
-        "after the bad requests Health answers {:?}",
-        String::from_utf8_lossy(&health.message)
-    );
+    // Whether the message is "OK" is the `health` check's business; here it must answer.
+    client.health(HealthMessage {}).await.rpc("Health")?;
     let mut client = ctx.loaded_client().await?;
     let reply = client.predict(ctx.predict_options()).await.rpc("Predict")?;
     ensure!(

@@ -61,8 +61,9 @@ pub async fn logprobs(ctx: &Context) -> Result<Verdict, CheckError> {
             .filter_map(|t| t.get("logprob").and_then(Value::as_f64))
             .fold(f64::NEG_INFINITY, f64::max);
         let chosen = entry.get("logprob").and_then(Value::as_f64).unwrap_or(0.0);
+        let plausible = chosen <= best + 1e-3;
         ensure!(
-            chosen <= best + 1e-3,
+            plausible,
             "greedy decoding chose a token (logprob {chosen}) less likely than its best alternative ({best}): {entry}"
         );
     }
@@ -129,7 +130,7 @@ pub async fn logit_bias(ctx: &Context) -> Result<Verdict, CheckError> {
     let n = BIASED_TOKENS as usize;
     let piece = text.get(..text.len() / n).unwrap_or_default();
     ensure!(
-        !text.is_empty() && text.len() % n == 0 && piece.repeat(n) == text,
+        !text.is_empty() && text.len().is_multiple_of(n) && piece.repeat(n) == text,
         "with LogitBias {{\"{token}\": 100}} greedy decoding must emit token {token} {n} times; got {text:?}"
     );
     ensure!(

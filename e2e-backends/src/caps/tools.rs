@@ -1,11 +1,13 @@
 //! Chat features: LocalAI's `tools`, our `stream_tools` (the streamed call as LocalAI merges
 //! it) and `reasoning` (reasoning_content kept apart from content).
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use backend_common::pb::{Message, PredictOptions, Reply};
 use serde_json::Value;
 
-use super::{CheckError, Rpc, Verdict, collect, ensure, merge_calls, merged_text, text};
+use super::{
+    CheckError, MergedCall, Rpc, Verdict, collect, ensure, merge_calls, merged_text, text,
+};
 use crate::context::Context;
 
 /// Text that is tool-call markup, never content, once a tool parser is active.
@@ -62,9 +64,8 @@ fn tool_request(ctx: &Context) -> PredictOptions {
     }
 }
 
-/// The arguments of the unary call, after checking it like LocalAI does (a call named
-/// BACKEND_TEST_TOOL_NAME) and that its arguments are a JSON object.
-async fn unary_call(ctx: &Context) -> Result<Value, CheckError> {
+/// The unary reply's tool calls, merged as LocalAI merges them.
+async fn unary_calls(ctx: &Context) -> Result<BTreeMap<i32, MergedCall>, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let reply = client.predict(tool_request(ctx)).await.rpc("Predict")?;
     let calls = merge_calls(&reply.chat_deltas);
@@ -72,17 +73,10 @@ async fn unary_call(ctx: &Context) -> Result<Value, CheckError> {
         "unary: message {:?}, calls {calls:?}",
         String::from_utf8_lossy(&reply.message)
     ));
-    let call = calls
-        .values()
-        .find(|c| c.name == ctx.config.tool_name)
-        .ok_or_else(|| {
-            CheckError::Failed(format!(
-                "no ChatDelta carries a tool call named `{}`; calls: {:?}; message: {:?}",
-                ctx.config.tool_name,
-                calls.values().map(|c| &c.name).collect::<Vec<_>>(),
-                String::from_utf8_lossy(&reply.message)
-            ))
-        })?;
+    Ok(calls)
+}
+
+fn json_arguments(call: &MergedCall) -> Result<Value, CheckError> {
     let arguments: Value = serde_json::from_str(&call.arguments).map_err(|e| {
         CheckError::Failed(format!(
             "the arguments of `{}` are not JSON ({e}): {:?}",
@@ -97,16 +91,38 @@ async fn unary_call(ctx: &Context) -> Result<Value, CheckError> {
     Ok(arguments)
 }
 
-/// LocalAI's `tools`: a unary chat with one tool yields a call to it.
+/// LocalAI's `tools`: a unary chat with one tool yields a call named
+/// BACKEND_TEST_TOOL_NAME (and, beyond upstream, its arguments are a JSON object).
 pub async fn tools(ctx: &Context) -> Result<Verdict, CheckError> {
-    unary_call(ctx).await?;
+    let calls = unary_calls(ctx).await?;
+    let call = calls
+        .values()
+        .find(|c| c.name == ctx.config.tool_name)
+        .ok_or_else(|| {
+            CheckError::Failed(format!(
+                "no ChatDelta carries a tool call named `{}`; calls: {:?}",
+                ctx.config.tool_name,
+                calls.values().map(|c| &c.name).collect::<Vec<_>>()
+            ))
+        })?;
+    json_arguments(call)?;
     Ok(Verdict::Passed)
 }
 
 /// The streamed call: one stable index, id and name sent once, argument fragments that join
 /// into the unary call's arguments, no markup in `message` or content, counts at the end.
+/// (The unary call's name is the `tools` check's business; its arguments are the reference.)
 pub async fn stream_tools(ctx: &Context) -> Result<Verdict, CheckError> {
-    let unary = unary_call(ctx).await?;
+    let unary_calls = unary_calls(ctx).await?;
+    let unary = match unary_calls.values().collect::<Vec<_>>()[..] {
+        [call] => json_arguments(call)?,
+        _ => {
+            return Err(CheckError::Failed(format!(
+                "the unary reply has {} tool calls, so the streamed call has nothing to be compared with",
+                unary_calls.len()
+            )));
+        }
+    };
     let mut client = ctx.loaded_client().await?;
     let replies = collect(
         "PredictStream",
