@@ -1,0 +1,299 @@
+//! [`CandleEngine`]: the candle implementation of the shared [`Engine`] trait.
+//!
+//! One request generates at a time (a lock around the decode loop); continuous batching of
+//! concurrent requests through [`Model::forward`]'s batches is the scheduler's job, a later
+//! step that needs no change to the model code.
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use backend_common::engine::{
+    Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
+    LoadRequest, MemoryReport, ModelInfo, TokenSink,
+};
+use backend_common::template::{SpecialTokens, TemplateSource};
+
+use crate::gguf::GgufFile;
+use crate::model::{BatchItem, Model, ModelError, SeqCache};
+use crate::sampler::{Sampler, token_logprob};
+use crate::settings::{DTypeChoice, LoadSettings};
+use crate::tokenizer::ModelTokenizer;
+
+/// Prompt tokens run in one forward; bounds the attention scores' memory on long prompts.
+const PREFILL_CHUNK: usize = 512;
+
+/// A loaded model and what serving it needs.
+struct Loaded {
+    model: Model,
+    tokenizer: ModelTokenizer,
+    settings: LoadSettings,
+    memory: MemoryReport,
+    decode: Mutex<()>,
+}
+
+/// The candle engine.
+pub struct CandleEngine {
+    device: Device,
+    loaded: RwLock<Option<Arc<Loaded>>>,
+}
+
+impl Default for CandleEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CandleEngine {
+    /// An engine on the CPU with no model loaded.
+    pub fn new() -> Self {
+        CandleEngine {
+            device: Device::Cpu,
+            loaded: RwLock::new(None),
+        }
+    }
+
+    fn current(&self) -> Result<Arc<Loaded>, EngineError> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(EngineError::NotLoaded)
+    }
+
+    fn replace(&self, next: Option<Arc<Loaded>>) {
+        let previous = std::mem::replace(
+            &mut *self.loaded.write().unwrap_or_else(|e| e.into_inner()),
+            next,
+        );
+        // Freed outside the lock: dropping a model's weights takes a moment.
+        drop(previous);
+    }
+}
+
+fn internal(e: ModelError) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+/// Checks that `path` is a readable GGUF file, naming what is wrong otherwise.
+fn check_model_path(path: &Path) -> Result<(), EngineError> {
+    let meta =
+        std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
+    let invalid = |reason: String| EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.is_dir() {
+        return Err(invalid(
+            "is a directory; this build loads GGUF files only (Hugging Face folders are not supported yet)".into(),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(invalid(
+            "not a GGUF file (no GGUF magic at its start)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Total memory of the machine, from `/proc/meminfo` (None where it cannot be read).
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl Engine for CandleEngine {
+    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
+        let started = Instant::now();
+        let settings = LoadSettings::from_request(request)?;
+        let path = settings.path.clone();
+        check_model_path(&path)?;
+        let invalid = |reason: String| EngineError::InvalidModel {
+            path: path.clone(),
+            reason,
+        };
+        let mut file = GgufFile::open(&path).map_err(|e| invalid(e.to_string()))?;
+        let header = file.header().map_err(|e| invalid(e.to_string()))?;
+        let tokenizer = ModelTokenizer::new(&header.vocab).map_err(|e| invalid(e.to_string()))?;
+        let config = header.config.clone();
+        let max_len = settings.effective_max_len(config.context_length)?;
+        if !matches!(settings.dtype, DTypeChoice::Auto | DTypeChoice::F32) {
+            tracing::warn!(dtype = ?settings.dtype, "GGUF weights run quantized with f32 activations; dtype ignored");
+        }
+        let kv_bytes = max_len as u64 * config.kv_bytes_per_token();
+        if let Some(total) = machine_memory() {
+            let budget = (total as f64 * settings.memory_utilization) as u64;
+            let weights = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if weights + kv_bytes > budget {
+                return Err(EngineError::ResourceExhausted(format!(
+                    "{} MiB of weights and {} MiB of KV cache for max_model_len {max_len} exceed gpu_memory_utilization {} of {} MiB; lower max_model_len or raise gpu_memory_utilization",
+                    weights >> 20,
+                    kv_bytes >> 20,
+                    settings.memory_utilization,
+                    total >> 20
+                )));
+            }
+        }
+        // The old model goes first so two never share memory; the checks above keep a bad
+        // request from costing the loaded model.
+        self.replace(None);
+        let weights = file
+            .weights(&config, &self.device)
+            .map_err(|e| invalid(e.to_string()))?;
+        let model = Model::new(config, weights, max_len, &self.device).map_err(internal)?;
+        let memory = MemoryReport {
+            parts: vec![
+                ("weights".to_string(), model.weight_bytes()),
+                ("kv_cache".to_string(), kv_bytes),
+            ],
+        };
+        let info = ModelInfo {
+            name: header.name.clone(),
+            context_length: u32::try_from(max_len).unwrap_or(u32::MAX),
+            chat_template: header.chat_template.clone().map(TemplateSource::Single),
+            special_tokens: SpecialTokens {
+                bos_token: tokenizer.bos_text().map(str::to_string),
+                eos_token: tokenizer.eos_text().map(str::to_string),
+            },
+        };
+        tracing::info!(
+            arch = ?model.config().arch,
+            layers = model.config().layers,
+            max_len,
+            ms = started.elapsed().as_millis() as u64,
+            "GGUF loaded"
+        );
+        self.replace(Some(Arc::new(Loaded {
+            model,
+            tokenizer,
+            settings,
+            memory,
+            decode: Mutex::new(()),
+        })));
+        Ok(info)
+    }
+
+    fn unload(&self) -> Result<(), EngineError> {
+        self.replace(None);
+        Ok(())
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError> {
+        let loaded = self.current()?;
+        let ids = loaded
+            .tokenizer
+            .encode(text, add_bos)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        Ok(ids.into_iter().map(|t| t as i32).collect())
+    }
+
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        sink: &mut dyn TokenSink,
+    ) -> Result<GenerationStats, EngineError> {
+        if request.grammar.is_some() || request.tool_call.is_some() {
+            return Err(EngineError::Unimplemented(
+                "constrained decoding (Grammar, forced ToolChoice)",
+            ));
+        }
+        let loaded = self.current()?;
+        let tokenizer = &loaded.tokenizer;
+        let model = &loaded.model;
+        let prompt = tokenizer
+            .encode(&request.prompt.text, request.prompt.add_bos)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "the prompt tokenizes to nothing; send some text".into(),
+            ));
+        }
+        let max_len = model.max_positions();
+        if prompt.len() >= max_len {
+            return Err(EngineError::InvalidArgument(format!(
+                "the prompt has {} tokens but the context holds {max_len}; shorten it or load with a larger max_model_len",
+                prompt.len()
+            )));
+        }
+        let vocab = model.config().vocab;
+        let mut sampler = Sampler::new(request, vocab, tokenizer.eog(), loaded.settings.seed)?;
+        let _turn = loaded.decode.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let mut cache = SeqCache::new();
+        let mut logits = None;
+        for chunk in prompt.chunks(PREFILL_CHUNK) {
+            let mut batch = [BatchItem {
+                tokens: chunk,
+                cache: &mut cache,
+            }];
+            logits = Some(model.forward(&mut batch).map_err(internal)?);
+        }
+        let mut first_token = None;
+        let mut generated = 0u32;
+        let finish = loop {
+            let Some(current) = logits.take() else {
+                return Err(EngineError::Internal("no logits after the prompt".into()));
+            };
+            let mut row: Vec<f32> = current
+                .squeeze(0)
+                .and_then(|r| r.to_vec1())
+                .map_err(|e| internal(e.into()))?;
+            let raw = request.logprobs.map(|top| (row.clone(), top));
+            let token = sampler.sample(&mut row);
+            first_token.get_or_insert_with(Instant::now);
+            generated += 1;
+            if tokenizer.is_eog(token) && !request.ignore_eos {
+                break FinishReason::Eos;
+            }
+            let logprob = raw.map(|(raw, top)| {
+                token_logprob(&raw, token, top, |id| tokenizer.piece(id).to_vec())
+            });
+            let flow = sink.token(GeneratedToken {
+                id: token as i32,
+                piece: tokenizer.piece(token).to_vec(),
+                special: tokenizer.is_control(token),
+                logprob,
+            });
+            if flow == Flow::Stop {
+                break FinishReason::Stopped;
+            }
+            if request.max_tokens.is_some_and(|max| generated >= max) || cache.len() >= max_len {
+                break FinishReason::Length;
+            }
+            let next = [token];
+            let mut batch = [BatchItem {
+                tokens: &next,
+                cache: &mut cache,
+            }];
+            logits = Some(model.forward(&mut batch).map_err(internal)?);
+        };
+        let end = Instant::now();
+        let first = first_token.unwrap_or(end);
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len() as u32,
+            completion_tokens: generated,
+            prompt_ms: first.duration_since(started).as_secs_f64() * 1000.0,
+            generation_ms: end.duration_since(first).as_secs_f64() * 1000.0,
+            finish,
+        })
+    }
+
+    fn memory(&self) -> MemoryReport {
+        self.current().map(|l| l.memory.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,422 @@
+//! Loading a GGUF file: hyper-parameters and vocabulary from its metadata, quantized
+//! weights kept as they are (candle's quantized matmul runs them directly).
+//!
+//! llama.cpp's converter permutes the rows of Llama's Q and K projections so its RoPE can
+//! rotate adjacent pairs; [`unpermute_rows`] restores the Hugging Face order on the raw
+//! quantized rows (a row is quantized on its own, so moving whole rows is exact), and one
+//! half-split RoPE then serves every architecture and both file formats.
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::model::{Arch, Layer, ModelConfig, Weights};
+use crate::tokenizer::VocabSpec;
+
+/// A GGUF file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    /// Not readable as GGUF.
+    #[error("not a readable GGUF file: {0}")]
+    Format(String),
+    /// The architecture is not implemented.
+    #[error("architecture `{0}` is not supported by this backend (supported: llama, qwen2)")]
+    UnsupportedArch(String),
+    /// A metadata key is missing or has the wrong type.
+    #[error("GGUF metadata `{key}`: {reason}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor is missing or unreadable.
+    #[error("tensor `{name}`: {reason}")]
+    Tensor {
+        /// The tensor's GGUF name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a GGUF file holds besides its weights.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    /// The model's hyper-parameters.
+    pub config: ModelConfig,
+    /// Its vocabulary.
+    pub vocab: VocabSpec,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+/// An open GGUF file.
+pub struct GgufFile {
+    content: Content,
+    reader: BufReader<File>,
+}
+
+fn metadata_error(key: &str, reason: impl Into<String>) -> GgufError {
+    GgufError::Metadata {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl GgufFile {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = File::open(path).map_err(|e| GgufError::Format(e.to_string()))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| GgufError::Format(e.to_string()))?;
+        Ok(GgufFile { content, reader })
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn require(&self, key: &str) -> Result<&Value, GgufError> {
+        self.get(key).ok_or_else(|| metadata_error(key, "missing"))
+    }
+
+    fn u32_of(&self, key: &str) -> Result<Option<u32>, GgufError> {
+        self.get(key)
+            .map(|v| {
+                value_u32(v).ok_or_else(|| metadata_error(key, format!("not an integer: {v:?}")))
+            })
+            .transpose()
+    }
+
+    fn usize_required(&self, key: &str) -> Result<usize, GgufError> {
+        self.u32_of(key)?
+            .map(|v| v as usize)
+            .ok_or_else(|| metadata_error(key, "missing"))
+    }
+
+    fn f32_of(&self, key: &str) -> Result<Option<f32>, GgufError> {
+        self.get(key)
+            .map(|v| match v {
+                Value::F32(f) => Ok(*f),
+                Value::F64(f) => Ok(*f as f32),
+                other => Err(metadata_error(key, format!("not a number: {other:?}"))),
+            })
+            .transpose()
+    }
+
+    fn string_of(&self, key: &str) -> Option<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, GgufError> {
+        match self.require(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(metadata_error(key, format!("holds a non-string {other:?}"))),
+                })
+                .collect(),
+            other => Err(metadata_error(key, format!("not an array: {other:?}"))),
+        }
+    }
+
+    /// The architecture name (`general.architecture`).
+    pub fn architecture(&self) -> Result<String, GgufError> {
+        self.string_of("general.architecture")
+            .ok_or_else(|| metadata_error("general.architecture", "missing"))
+    }
+
+    /// Reads hyper-parameters, vocabulary, name and chat template.
+    pub fn header(&self) -> Result<GgufHeader, GgufError> {
+        let arch_name = self.architecture()?;
+        let arch = Arch::from_gguf_name(&arch_name)
+            .ok_or(GgufError::UnsupportedArch(arch_name.clone()))?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden = self.usize_required(&key("embedding_length"))?;
+        let heads = self.usize_required(&key("attention.head_count"))?;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(metadata_error(
+                &key("attention.head_count"),
+                format!("{heads} does not divide {hidden}"),
+            ));
+        }
+        let kv_heads = self
+            .u32_of(&key("attention.head_count_kv"))?
+            .map_or(heads, |v| v as usize);
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(metadata_error(
+                &key("attention.head_count_kv"),
+                format!("{kv_heads} does not divide {heads} heads"),
+            ));
+        }
+        let head_dim = self
+            .u32_of(&key("attention.key_length"))?
+            .map_or(hidden / heads, |v| v as usize);
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let model = self.string_of("tokenizer.ggml.model").unwrap_or_default();
+        if model != "gpt2" {
+            return Err(metadata_error(
+                "tokenizer.ggml.model",
+                format!("`{model}` is not supported (only byte-level BPE, `gpt2`)"),
+            ));
+        }
+        let types = match self.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| value_u32(v).map_or(1, |t| t as i32))
+                .collect(),
+            _ => vec![crate::tokenizer::token_type::NORMAL; tokens.len()],
+        };
+        let merges = self
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(metadata_error(
+                    "tokenizer.ggml.merges",
+                    format!("`{m}` is not `A B`"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let add_bos = match self.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        };
+        let config = ModelConfig {
+            arch,
+            hidden,
+            layers: self.usize_required(&key("block_count"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: tokens.len(),
+            rms_eps: self
+                .f32_of(&key("attention.layer_norm_rms_epsilon"))?
+                .ok_or_else(|| {
+                    metadata_error(&key("attention.layer_norm_rms_epsilon"), "missing")
+                })? as f64,
+            rope_theta: self.f32_of(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            context_length: self.usize_required(&key("context_length"))?,
+        };
+        let vocab = VocabSpec {
+            tokens,
+            types,
+            merges,
+            pre: self
+                .string_of("tokenizer.ggml.pre")
+                .unwrap_or_else(|| "default".into()),
+            bos: self.u32_of("tokenizer.ggml.bos_token_id")?,
+            eos: self.u32_of("tokenizer.ggml.eos_token_id")?,
+            eot: self.u32_of("tokenizer.ggml.eot_token_id")?,
+            add_bos,
+        };
+        Ok(GgufHeader {
+            config,
+            vocab,
+            name: self.string_of("general.name"),
+            chat_template: self.string_of("tokenizer.chat_template"),
+        })
+    }
+
+    fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor, GgufError> {
+        self.content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| GgufError::Tensor {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn dense(&mut self, name: &str, device: &Device) -> Result<Tensor, GgufError> {
+        let t = self.tensor(name, device)?;
+        t.dequantize(device).map_err(|e| GgufError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn matmul(&mut self, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
+        let t = self.tensor(name, device)?;
+        QMatMul::from_qtensor(t).map_err(|e| GgufError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A Q or K projection with llama.cpp's row permutation undone for Llama.
+    fn rope_matmul(
+        &mut self,
+        name: &str,
+        arch: Arch,
+        heads: usize,
+        device: &Device,
+    ) -> Result<QMatMul, GgufError> {
+        let t = self.tensor(name, device)?;
+        let t = match arch {
+            Arch::Llama => {
+                unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
+                    name: name.to_string(),
+                    reason,
+                })?
+            }
+            Arch::Qwen2 => t,
+        };
+        QMatMul::from_qtensor(t).map_err(|e| GgufError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads every weight of the model described by `config`.
+    pub fn weights(&mut self, config: &ModelConfig, device: &Device) -> Result<Weights, GgufError> {
+        let embed = Arc::new(self.tensor("token_embd.weight", device)?);
+        let lm_head = if self.has_tensor("output.weight") {
+            Arc::new(self.tensor("output.weight", device)?)
+        } else {
+            Arc::clone(&embed)
+        };
+        let rope_factors = if self.has_tensor("rope_freqs.weight") {
+            let t = self.dense("rope_freqs.weight", device)?;
+            Some(t.to_vec1::<f32>().map_err(|e| GgufError::Tensor {
+                name: "rope_freqs.weight".into(),
+                reason: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("blk.{i}");
+            let qkv_bias = match config.arch {
+                Arch::Qwen2 => Some([
+                    self.dense(&format!("{p}.attn_q.bias"), device)?,
+                    self.dense(&format!("{p}.attn_k.bias"), device)?,
+                    self.dense(&format!("{p}.attn_v.bias"), device)?,
+                ]),
+                Arch::Llama => None,
+            };
+            layers.push(Layer {
+                attn_norm: self.dense(&format!("{p}.attn_norm.weight"), device)?,
+                q: self.rope_matmul(
+                    &format!("{p}.attn_q.weight"),
+                    config.arch,
+                    config.heads,
+                    device,
+                )?,
+                k: self.rope_matmul(
+                    &format!("{p}.attn_k.weight"),
+                    config.arch,
+                    config.kv_heads,
+                    device,
+                )?,
+                v: self.matmul(&format!("{p}.attn_v.weight"), device)?,
+                qkv_bias,
+                o: self.matmul(&format!("{p}.attn_output.weight"), device)?,
+                ffn_norm: self.dense(&format!("{p}.ffn_norm.weight"), device)?,
+                gate: self.matmul(&format!("{p}.ffn_gate.weight"), device)?,
+                up: self.matmul(&format!("{p}.ffn_up.weight"), device)?,
+                down: self.matmul(&format!("{p}.ffn_down.weight"), device)?,
+            });
+        }
+        Ok(Weights {
+            embed,
+            layers,
+            norm: self.dense("output_norm.weight", device)?,
+            lm_head,
+            rope_factors,
+        })
+    }
+}
+
+fn value_u32(v: &Value) -> Option<u32> {
+    match v {
+        Value::U8(x) => Some(*x as u32),
+        Value::I8(x) => u32::try_from(*x).ok(),
+        Value::U16(x) => Some(*x as u32),
+        Value::I16(x) => u32::try_from(*x).ok(),
+        Value::U32(x) => Some(*x),
+        Value::I32(x) => u32::try_from(*x).ok(),
+        Value::U64(x) => u32::try_from(*x).ok(),
+        Value::I64(x) => u32::try_from(*x).ok(),
+        _ => None,
+    }
+}
+
+/// The HF row order of a Q/K projection from llama.cpp's: within each head, GGUF row
+/// `2i + j` (pair `i`, member `j`) is HF row `j * (head_dim / 2) + i`.
+pub fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> Result<QTensor, String> {
+    let (rows, cols) = t.shape().dims2().map_err(|e| e.to_string())?;
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        return Err(format!(
+            "{rows} rows do not split into {heads} heads of pairs"
+        ));
+    }
+    let dtype: GgmlDType = t.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = t.data().map_err(|e| e.to_string())?;
+    if data.len() != rows * row_bytes {
+        return Err(format!(
+            "{} bytes for {rows} rows of {row_bytes}",
+            data.len()
+        ));
+    }
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + 2 * i + j;
+                let dst = h * head_dim + j * half + i;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(out), device, dtype).map_err(|e| e.to_string())?;
+    QTensor::new(storage, (rows, cols)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_moves_pairs_to_halves() {
+        // 2 heads of 4 rows, one f32 column: row values are their GGUF index.
+        let device = Device::Cpu;
+        let t = Tensor::from_vec(
+            (0..8).map(|v| v as f32).collect::<Vec<_>>(),
+            (8, 1),
+            &device,
+        )
+        .unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
+        let u = unpermute_rows(&q, 2, &device).unwrap();
+        let rows: Vec<f32> = u
+            .dequantize(&device)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Head 0: GGUF rows (0,1) (2,3) are pairs (x0,y0) (x1,y1): HF order x0 x1 y0 y1.
+        assert_eq!(rows, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    }
+}

@@ -1,0 +1,14 @@
+//! `backend-vllm-rs`: a LocalAI backend worker on candle, the Rust counterpart of LocalAI's
+//! Python vLLM backend.
+//!
+//! The model code ([`model`]) is ours and runs batches of sequences at different positions
+//! in one forward; [`gguf`] loads quantized GGUF weights and [`tokenizer`] rebuilds the
+//! model's tokenizer from GGUF metadata; [`engine`] serves them through backend-common's
+//! gRPC service, chat templates and parsers.
+
+pub mod engine;
+pub mod gguf;
+pub mod model;
+pub mod sampler;
+pub mod settings;
+pub mod tokenizer;

@@ -1,0 +1,462 @@
+//! The decoder-only transformer of Llama and Qwen2, written for batches.
+//!
+//! One [`Model::forward`] runs any number of sequences, each at its own position: their new
+//! tokens are packed into one `(tokens, hidden)` matrix so every weight matmul is done once
+//! for the whole batch (the cost that dominates), while attention runs per sequence against
+//! that sequence's own [`SeqCache`]. This is the layout of vLLM's varlen attention, with a
+//! contiguous cache per sequence; a paged cache can replace [`SeqCache`] without changing
+//! the weights' side.
+//!
+//! Per layer (pre-norm): `x += Wo · attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then
+//! `x += Wdown · (silu(Wgate·n(x)) ⊙ Wup·n(x))`, with RMSNorm `n`, rotary embeddings in
+//! the half-split ("NeoX") layout and grouped-query attention.
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+/// A failure inside the tensor code.
+#[derive(Debug, thiserror::Error)]
+#[error("model computation failed: {0}")]
+pub struct ModelError(#[from] candle_core::Error);
+
+/// Result of model code.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Architectures this model code implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, SmolLM2: no attention biases.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
+    Qwen2,
+}
+
+impl Arch {
+    /// The architecture called `name` in GGUF `general.architecture`, if implemented.
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+}
+
+/// Hyper-parameters of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Which architecture.
+    pub arch: Arch,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Number of decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// Context the model was trained on.
+    pub context_length: usize,
+}
+
+impl ModelConfig {
+    /// Bytes of KV cache one token takes (f32 keys and values, all layers).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (2 * self.layers * self.kv_heads * self.head_dim * DType::F32.size_in_bytes()) as u64
+    }
+}
+
+/// One decoder layer's weights.
+pub struct Layer {
+    /// RMSNorm before attention.
+    pub attn_norm: Tensor,
+    /// Query projection, rows in half-split RoPE order.
+    pub q: QMatMul,
+    /// Key projection, rows in half-split RoPE order.
+    pub k: QMatMul,
+    /// Value projection.
+    pub v: QMatMul,
+    /// Q/K/V biases (Qwen2).
+    pub qkv_bias: Option<[Tensor; 3]>,
+    /// Attention output projection.
+    pub o: QMatMul,
+    /// RMSNorm before the MLP.
+    pub ffn_norm: Tensor,
+    /// MLP gate projection.
+    pub gate: QMatMul,
+    /// MLP up projection.
+    pub up: QMatMul,
+    /// MLP down projection.
+    pub down: QMatMul,
+}
+
+/// All weights of a model, quantized or not.
+pub struct Weights {
+    /// Token embeddings, `(vocab, hidden)`.
+    pub embed: Arc<QTensor>,
+    /// Decoder layers.
+    pub layers: Vec<Layer>,
+    /// Final RMSNorm.
+    pub norm: Tensor,
+    /// Output projection; the embedding itself when tied.
+    pub lm_head: Arc<QTensor>,
+    /// Per-frequency divisors of the RoPE inverse frequencies (Llama 3 long context).
+    pub rope_factors: Option<Vec<f32>>,
+}
+
+/// Key/value cache of one sequence: `(kv_heads, capacity, head_dim)` per layer, filled up
+/// to `len` positions.
+pub struct SeqCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+/// Positions a cache grows by at least, so appends rarely reallocate.
+const CACHE_CHUNK: usize = 256;
+
+impl SeqCache {
+    /// An empty cache for `config`.
+    pub fn new() -> Self {
+        SeqCache {
+            layers: Vec::new(),
+            len: 0,
+            capacity: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes room for `extra` more positions, at most `limit` in all.
+    fn reserve(
+        &mut self,
+        config: &ModelConfig,
+        extra: usize,
+        limit: usize,
+        device: &Device,
+    ) -> Result<()> {
+        let needed = self.len + extra;
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        let capacity = needed
+            .max(self.capacity * 2)
+            .div_ceil(CACHE_CHUNK)
+            .saturating_mul(CACHE_CHUNK)
+            .min(limit.max(needed));
+        let shape = (config.kv_heads, capacity, config.head_dim);
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let k = Tensor::zeros(shape, DType::F32, device)?;
+            let v = Tensor::zeros(shape, DType::F32, device)?;
+            if let Some((old_k, old_v)) = self.layers.get(i)
+                && self.len > 0
+            {
+                k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+            }
+            layers.push((k, v));
+        }
+        self.layers = layers;
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+impl Default for SeqCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One sequence of a batch: its new tokens and its cache (whose length is the position of
+/// the first new token).
+pub struct BatchItem<'a> {
+    /// Tokens to run, in order.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the new tokens are appended to it.
+    pub cache: &'a mut SeqCache,
+}
+
+/// A loaded model ready to run.
+pub struct Model {
+    config: ModelConfig,
+    weights: Weights,
+    embed: QMatMul,
+    lm_head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+    device: Device,
+}
+
+impl Model {
+    /// A model over `weights`, able to run positions `0..max_positions`.
+    pub fn new(
+        config: ModelConfig,
+        weights: Weights,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let (cos, sin) = rope_tables(
+            &config,
+            weights.rope_factors.as_deref(),
+            max_positions,
+            device,
+        )?;
+        let embed = QMatMul::QTensor(Arc::clone(&weights.embed));
+        let lm_head = QMatMul::from_arc(Arc::clone(&weights.lm_head))?;
+        Ok(Model {
+            config,
+            weights,
+            embed,
+            lm_head,
+            cos,
+            sin,
+            max_positions,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Positions a sequence may reach.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> u64 {
+        let w = &self.weights;
+        let mut total = w.embed.storage_size_in_bytes() as u64;
+        if !Arc::ptr_eq(&w.embed, &w.lm_head) {
+            total += w.lm_head.storage_size_in_bytes() as u64;
+        }
+        let tensor_bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let qmatmul_bytes = |m: &QMatMul| match m {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
+        };
+        total += tensor_bytes(&w.norm);
+        for l in &w.layers {
+            total += [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                .into_iter()
+                .map(qmatmul_bytes)
+                .sum::<u64>();
+            total += tensor_bytes(&l.attn_norm) + tensor_bytes(&l.ffn_norm);
+            if let Some(b) = &l.qkv_bias {
+                total += b.iter().map(tensor_bytes).sum::<u64>();
+            }
+        }
+        total
+    }
+
+    /// Runs the new tokens of every item and returns the logits after each item's last
+    /// token, `(items, vocab)` in f32. Items with no tokens are not allowed.
+    pub fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        let cfg = &self.config;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut last_rows = Vec::with_capacity(batch.len());
+        for item in batch.iter_mut() {
+            if item.tokens.is_empty() {
+                return Err(candle_core::Error::Msg("a batch item has no tokens".into()).into());
+            }
+            let start = item.cache.len();
+            if start + item.tokens.len() > self.max_positions {
+                return Err(candle_core::Error::Msg(format!(
+                    "position {} is past the {} positions this model was set up for",
+                    start + item.tokens.len(),
+                    self.max_positions
+                ))
+                .into());
+            }
+            ids.extend_from_slice(item.tokens);
+            positions.extend((start..start + item.tokens.len()).map(|p| p as u32));
+            last_rows.push((ids.len() - 1) as u32);
+            item.cache
+                .reserve(cfg, item.tokens.len(), self.max_positions, &self.device)?;
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let mut x = self.embed.embedding(&ids)?;
+        for (index, layer) in self.weights.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
+            let attn = self.attention(index, layer, &h, &cos, &sin, batch)?;
+            x = (x + attn)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        for item in batch.iter_mut() {
+            item.cache.len += item.tokens.len();
+        }
+        let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
+        let last = x.index_select(&last_rows, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, cfg.rms_eps as f32)?;
+        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// Attention of layer `index` for the packed rows `h`; writes each item's new keys and
+    /// values into its cache (its length is advanced by the caller after the last layer).
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        batch: &mut [BatchItem<'_>],
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let total = h.dim(0)?;
+        let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let mut q = layer.q.forward(h)?;
+        let mut k = layer.k.forward(h)?;
+        let mut v = layer.v.forward(h)?;
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let q = candle_nn::rotary_emb::rope_thd(&q.reshape((1, total, heads, hd))?, cos, sin)?
+            .squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k.reshape((1, total, kv_heads, hd))?, cos, sin)?
+            .squeeze(0)?;
+        let v = v.reshape((total, kv_heads, hd))?;
+        let group = heads / kv_heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for item in batch.iter_mut() {
+            let n = item.tokens.len();
+            let start = item.cache.len();
+            let keys = start + n;
+            let (k_cache, v_cache) = &item.cache.layers[index];
+            k_cache.slice_set(
+                &k.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?,
+                1,
+                start,
+            )?;
+            v_cache.slice_set(
+                &v.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?,
+                1,
+                start,
+            )?;
+            let k_all = k_cache.narrow(1, 0, keys)?;
+            let v_all = v_cache.narrow(1, 0, keys)?;
+            // Heads sharing a KV head are stacked as rows: (kv_heads, group * n, hd).
+            let q_seq = q
+                .narrow(0, offset, n)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((kv_heads, group * n, hd))?;
+            let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
+            let scores = if n > 1 {
+                let mask = causal_mask(n, start, &self.device)?;
+                scores
+                    .reshape((kv_heads, group, n, keys))?
+                    .broadcast_add(&mask)?
+                    .reshape((kv_heads, group * n, keys))?
+            } else {
+                scores
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs
+                .matmul(&v_all)?
+                .reshape((heads, n, hd))?
+                .transpose(0, 1)?
+                .reshape((n, heads * hd))?;
+            outputs.push(out);
+            offset += n;
+        }
+        Ok(layer.o.forward(&Tensor::cat(&outputs, 0)?)?)
+    }
+}
+
+/// `(n, start + n)`: 0 where query `i` (at position `start + i`) may see key `j`, -inf after.
+fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let keys = start + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..keys).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, keys), device)?)
+}
+
+/// Cosine and sine of every position's rotation angles, `(positions, head_dim / 2)`.
+fn rope_tables(
+    config: &ModelConfig,
+    factors: Option<&[f32]>,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = config.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0
+                / config
+                    .rope_theta
+                    .powf(2.0 * i as f32 / config.head_dim as f32);
+            f / factors.and_then(|fs| fs.get(i)).copied().unwrap_or(1.0)
+        })
+        .collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for &f in &inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (positions, half), device)?,
+        Tensor::from_vec(sin, (positions, half), device)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_lets_each_query_see_its_past() {
+        let m = causal_mask(2, 3, &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        assert_eq!(rows[0][..4], [0.0; 4]);
+        assert!(rows[0][4].is_infinite());
+        assert_eq!(rows[1], vec![0.0; 5]);
+    }
+}
