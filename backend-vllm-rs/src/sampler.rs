@@ -58,11 +58,10 @@ impl Sampler {
         if request.ignore_eos {
             biases.extend(eog.into_iter().map(|t| (t as usize, f32::NEG_INFINITY)));
         }
-        let seed = request
-            .sampling
-            .seed
-            .or(default_seed)
-            .map_or_else(random_seed, u64::from);
+        let seed = request.sampling.seed.or(default_seed).map_or_else(
+            || u64::from(backend_common::sampling::random_seed()),
+            u64::from,
+        );
         Ok(Sampler {
             params: request.sampling.clone(),
             biases,
@@ -192,37 +191,15 @@ pub fn token_logprob(
     top: u32,
     piece: impl Fn(u32) -> Vec<u8>,
 ) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
-    let logprob_of = |id: usize| logits.get(id).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
-    let mut best: Vec<usize> = (0..logits.len()).collect();
-    let k = (top as usize).min(best.len());
-    if k > 0 {
-        best.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-        best.truncate(k);
-        best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    } else {
-        best.clear();
-    }
+    let (logprob, best) =
+        backend_common::logprobs::from_logits(logits, token as usize, top as usize);
     TokenLogprob {
-        logprob: logprob_of(token as usize),
+        logprob,
         top: best
             .into_iter()
-            .map(|id| (id as i32, piece(id as u32), logprob_of(id)))
+            .map(|(id, logprob)| (id as i32, piece(id as u32), logprob))
             .collect(),
     }
-}
-
-/// A seed for requests that ask for none: different per request, no RNG crate needed.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 #[cfg(test)]
