@@ -86,6 +86,16 @@ impl CallObject {
         std::mem::take(&mut self.arguments)
     }
 
+    /// The arguments text gathered since the previous take or clear.
+    pub(crate) fn arguments(&self) -> &str {
+        &self.arguments
+    }
+
+    /// Forgets the gathered arguments text, keeping its buffer for the next piece.
+    pub(crate) fn clear_arguments(&mut self) {
+        self.arguments.clear();
+    }
+
     /// True while the arguments value is being read.
     pub(crate) fn in_arguments(&self) -> bool {
         self.state == State::InValue(Field::Arguments)

@@ -102,6 +102,7 @@ impl ChatParser {
         if !self.finished {
             self.feed(text, End::Open);
         }
+        self.recorder.end_delta();
         self.recorder.delta()
     }
 
@@ -113,6 +114,7 @@ impl ChatParser {
             self.feed("", End::Boundary);
             self.feed(token, End::Boundary);
         }
+        self.recorder.end_delta();
         self.recorder.delta()
     }
 
@@ -123,6 +125,7 @@ impl ChatParser {
             self.finished = true;
             self.feed("", End::Eof);
         }
+        self.recorder.end_delta();
         self.recorder.delta()
     }
 

@@ -6,7 +6,7 @@
 //! and calls without `<｜tool▁call▁begin｜>`. Only text before the call section is content.
 
 use super::json_scan::{Feed, JsonScanner};
-use super::markers::{Prefix, Scan, leading_ws, scan, starts_with};
+use super::markers::{Markers, Prefix, Scan, leading_ws, starts_with};
 use super::stream::{End, Sink, Stage};
 
 const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
@@ -16,6 +16,19 @@ const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 const CALL_END: &str = "<｜tool▁call▁end｜>";
 const SEP: &str = "<｜tool▁sep｜>";
 const FENCE_END: &str = "\n```";
+
+// What each mode looks for, as marker sets built at compile time.
+const OPENERS: Markers = Markers::new(&[CALLS_BEGIN]);
+const LENIENT_OPENERS: Markers = Markers::new(&[CALLS_BEGIN, CALLS_BEGIN_LOOSE]);
+const SECTION_STOPS: Markers = Markers::new(&[CALL_BEGIN, CALLS_END]);
+/// Lenient: a call may start without its begin marker.
+const LENIENT_SECTION_STOPS: Markers = Markers::new(&[CALL_BEGIN, CALLS_END, SEP]);
+const CALL_TYPE_STOPS: Markers = Markers::new(&[SEP, CALL_END]);
+const V3_RAW_STOPS: Markers = Markers::new(&[FENCE_END, CALL_END, CALLS_END]);
+const V31_RAW_STOPS: Markers = Markers::new(&[CALL_END, CALLS_END]);
+const CALL_ENDS: Markers = Markers::new(&[CALL_END, CALLS_END]);
+const V3_NAME_ENDS: Markers = Markers::new(&["\n", CALL_END]);
+const V31_NAME_ENDS: Markers = Markers::new(&[SEP, CALL_END]);
 
 /// Longest accepted function name.
 const MAX_NAME_LEN: usize = 256;
@@ -29,15 +42,19 @@ pub(crate) enum Layout {
     V31,
 }
 
-#[derive(Debug, Clone)]
+/// Where the parser is; the name or arguments being read live in [`DeepSeek`], so that the mode
+/// is a plain value to switch on for every piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Prose,
     Section,
     /// V3: the call type before the separator.
     CallType,
-    Name(String),
+    /// A function name, gathered in [`DeepSeek::name`].
+    Name,
     Fence,
-    Arguments(JsonScanner),
+    /// JSON arguments, scanned by [`DeepSeek::scanner`].
+    Arguments,
     RawArguments,
     AfterArguments,
 }
@@ -48,6 +65,10 @@ pub(crate) struct DeepSeek {
     lenient: bool,
     mode: Mode,
     section_seen: bool,
+    /// The function name read so far (`Mode::Name`).
+    name: String,
+    /// The arguments value being read (`Mode::Arguments`).
+    scanner: JsonScanner,
 }
 
 impl DeepSeek {
@@ -57,6 +78,8 @@ impl DeepSeek {
             lenient,
             mode: Mode::Prose,
             section_seen: false,
+            name: String::new(),
+            scanner: JsonScanner::new(),
         }
     }
 
@@ -66,13 +89,15 @@ impl DeepSeek {
         }
         match std::mem::replace(&mut self.mode, Mode::Prose) {
             Mode::Prose => {
-                let openers: &[&str] = if self.lenient {
-                    &[CALLS_BEGIN, CALLS_BEGIN_LOOSE]
+                let openers = if self.lenient {
+                    &LENIENT_OPENERS
                 } else {
-                    &[CALLS_BEGIN]
+                    &OPENERS
                 };
-                let (text, used, next) = match scan(rest, openers, end) {
-                    Scan::Found { at, marker } => (at, at + openers[marker].len(), Mode::Section),
+                let (text, used, next) = match openers.scan(rest, end) {
+                    Scan::Found { at, marker } => {
+                        (at, at + openers.list()[marker].len(), Mode::Section)
+                    }
                     Scan::Partial { at } => (at, at, Mode::Prose),
                     Scan::Clear => (rest.len(), rest.len(), Mode::Prose),
                 };
@@ -86,23 +111,22 @@ impl DeepSeek {
                 (used > 0).then_some(used)
             }
             Mode::Section => {
-                // Lenient: a call may start without its begin marker.
-                let markers: &[&str] = if self.lenient {
-                    &[CALL_BEGIN, CALLS_END, SEP]
+                let markers = if self.lenient {
+                    &LENIENT_SECTION_STOPS
                 } else {
-                    &[CALL_BEGIN, CALLS_END]
+                    &SECTION_STOPS
                 };
-                match scan(rest, markers, end) {
+                match markers.scan(rest, end) {
                     Scan::Found { at, marker: 0 } => {
                         self.mode = match self.layout {
                             Layout::V3 => Mode::CallType,
-                            Layout::V31 => Mode::Name(String::new()),
+                            Layout::V31 => self.start_name(),
                         };
                         Some(at + CALL_BEGIN.len())
                     }
                     Scan::Found { at, marker: 1 } => Some(at + CALLS_END.len()),
                     Scan::Found { at, .. } => {
-                        self.mode = Mode::Name(String::new());
+                        self.mode = self.start_name();
                         Some(at + SEP.len())
                     }
                     Scan::Partial { at } => {
@@ -115,9 +139,9 @@ impl DeepSeek {
                     }
                 }
             }
-            Mode::CallType => match scan(rest, &[SEP, CALL_END], end) {
+            Mode::CallType => match CALL_TYPE_STOPS.scan(rest, end) {
                 Scan::Found { at, marker: 0 } => {
-                    self.mode = Mode::Name(String::new());
+                    self.mode = self.start_name();
                     Some(at + SEP.len())
                 }
                 Scan::Found { at, .. } => {
@@ -133,7 +157,7 @@ impl DeepSeek {
                     Some(rest.len())
                 }
             },
-            Mode::Name(name) => self.step_name(name, rest, end, out),
+            Mode::Name => self.step_name(rest, end, out),
             Mode::Fence => {
                 let ws = leading_ws(rest);
                 if ws > 0 {
@@ -143,7 +167,7 @@ impl DeepSeek {
                 for fence in ["```json", "```"] {
                     match starts_with(rest, fence, end) {
                         Prefix::Yes => {
-                            self.mode = Mode::Arguments(JsonScanner::new());
+                            self.mode = self.start_arguments();
                             return Some(fence.len());
                         }
                         Prefix::Undecided => {
@@ -153,19 +177,19 @@ impl DeepSeek {
                         Prefix::No => {}
                     }
                 }
-                self.mode = Mode::Arguments(JsonScanner::new());
+                self.mode = self.start_arguments();
                 Some(0)
             }
-            Mode::Arguments(mut scanner) => {
-                if scanner.is_untouched() {
+            Mode::Arguments => {
+                self.mode = Mode::Arguments;
+                let untouched = self.scanner.is_untouched();
+                if untouched {
                     let ws = leading_ws(rest);
                     if ws > 0 {
-                        self.mode = Mode::Arguments(scanner);
                         return Some(ws);
                     }
                 }
-                let untouched = scanner.is_untouched();
-                let (used, next) = match scanner.feed(rest) {
+                let (used, next) = match self.scanner.feed(rest) {
                     Feed::More => (rest.len(), None),
                     Feed::Done(n) => (n, Some(Mode::AfterArguments)),
                     // A marker right away: the call has no arguments.
@@ -176,15 +200,17 @@ impl DeepSeek {
                     Feed::Invalid(n) => (n, Some(Mode::RawArguments)),
                 };
                 out.call_args(&rest[..used]);
-                self.mode = next.unwrap_or(Mode::Arguments(scanner));
+                if let Some(next) = next {
+                    self.mode = next;
+                }
                 Some(used)
             }
             Mode::RawArguments => {
-                let stops: &[&str] = match self.layout {
-                    Layout::V3 => &[FENCE_END, CALL_END, CALLS_END],
-                    Layout::V31 => &[CALL_END, CALLS_END],
+                let stops = match self.layout {
+                    Layout::V3 => &V3_RAW_STOPS,
+                    Layout::V31 => &V31_RAW_STOPS,
                 };
-                let (text, next) = match scan(rest, stops, end) {
+                let (text, next) = match stops.scan(rest, end) {
                     Scan::Found { at, .. } => (at, Mode::AfterArguments),
                     Scan::Partial { at } => (at, Mode::RawArguments),
                     Scan::Clear => (rest.len(), Mode::RawArguments),
@@ -193,7 +219,7 @@ impl DeepSeek {
                 self.mode = next;
                 (text > 0 || matches!(self.mode, Mode::AfterArguments)).then_some(text)
             }
-            Mode::AfterArguments => match scan(rest, &[CALL_END, CALLS_END], end) {
+            Mode::AfterArguments => match CALL_ENDS.scan(rest, end) {
                 Scan::Found { at, marker: 0 } => {
                     self.mode = Mode::Section;
                     Some(at + CALL_END.len())
@@ -211,34 +237,40 @@ impl DeepSeek {
         }
     }
 
-    fn step_name(
-        &mut self,
-        mut name: String,
-        rest: &str,
-        end: End,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
-        let terminator = match self.layout {
-            Layout::V3 => "\n",
-            Layout::V31 => SEP,
+    /// Starts reading a function name; returns the mode for it.
+    fn start_name(&mut self) -> Mode {
+        self.name.clear();
+        Mode::Name
+    }
+
+    /// Starts reading arguments; returns the mode for them.
+    fn start_arguments(&mut self) -> Mode {
+        self.scanner = JsonScanner::new();
+        Mode::Arguments
+    }
+
+    fn step_name(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        let ends = match self.layout {
+            Layout::V3 => &V3_NAME_ENDS,
+            Layout::V31 => &V31_NAME_ENDS,
         };
-        let (taken, used, done) = match scan(rest, &[terminator, CALL_END], end) {
-            Scan::Found { at, marker: 0 } => (at, at + terminator.len(), true),
+        let (taken, used, done) = match ends.scan(rest, end) {
+            Scan::Found { at, marker: 0 } => (at, at + ends.list()[0].len(), true),
             // A call without arguments.
             Scan::Found { at, .. } => (at, at, true),
             Scan::Partial { at } => (at, at, false),
             Scan::Clear => (rest.len(), rest.len(), false),
         };
-        name.push_str(&rest[..taken]);
-        if name.len() > MAX_NAME_LEN {
+        self.name.push_str(&rest[..taken]);
+        if self.name.len() > MAX_NAME_LEN {
             self.mode = Mode::AfterArguments;
             return Some(used);
         }
         if !done {
-            self.mode = Mode::Name(name);
+            self.mode = Mode::Name;
             return (used > 0).then_some(used);
         }
-        let name = name.trim();
+        let name = self.name.trim();
         if name.is_empty() {
             self.mode = Mode::AfterArguments;
             return Some(used);
@@ -246,7 +278,7 @@ impl DeepSeek {
         out.call_start(name, None);
         self.mode = match self.layout {
             Layout::V3 => Mode::Fence,
-            Layout::V31 => Mode::Arguments(JsonScanner::new()),
+            Layout::V31 => self.start_arguments(),
         };
         Some(used)
     }
@@ -263,9 +295,9 @@ impl Stage for DeepSeek {
 
     fn finish(&mut self, out: &mut dyn Sink) {
         // A call cut off before its arguments still gets valid (empty) ones.
-        match &self.mode {
+        match self.mode {
             Mode::Fence => out.call_args("{}"),
-            Mode::Arguments(scanner) if scanner.is_untouched() => out.call_args("{}"),
+            Mode::Arguments if self.scanner.is_untouched() => out.call_args("{}"),
             _ => {}
         }
     }

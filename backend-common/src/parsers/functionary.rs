@@ -3,13 +3,13 @@
 //! `python` carries raw code (a `python` call with `{"code": ...}`), any other name is a call with
 //! JSON arguments.
 
-use serde_json::Value;
-
-use super::json_scan::{Feed, JsonScanner};
-use super::markers::{Scan, leading_ws, scan};
+use super::json_scan::{Feed, JsonScanner, push_string_body};
+use super::markers::{Markers, Scan, leading_ws};
 use super::stream::{End, Sink, Stage};
 
 const SEGMENT: &str = ">>>";
+// The segment marker as a marker set, built at compile time.
+const SEGMENTS: Markers = Markers::new(&[SEGMENT]);
 
 /// Longest accepted segment name.
 const MAX_NAME_LEN: usize = 128;
@@ -29,12 +29,15 @@ enum Mode {
 /// Streaming Functionary v3.2 parser.
 pub(crate) struct Functionary {
     mode: Mode,
+    /// Scratch buffer for escaping code, reused across pieces.
+    escaped: String,
 }
 
 impl Functionary {
     pub(crate) fn new() -> Functionary {
         Functionary {
             mode: Mode::Header(String::new()),
+            escaped: String::new(),
         }
     }
 
@@ -42,7 +45,7 @@ impl Functionary {
         if rest.is_empty() {
             return None;
         }
-        let (text, used, segment_end) = match scan(rest, &[SEGMENT], end) {
+        let (text, used, segment_end) = match SEGMENTS.scan(rest, end) {
             Scan::Found { at, .. } => (at, at + SEGMENT.len(), true),
             Scan::Partial { at } => (at, at, false),
             Scan::Clear => (rest.len(), rest.len(), false),
@@ -89,8 +92,9 @@ impl Functionary {
                 (used > 0).then_some(used)
             }
             Mode::Code => {
-                let code = Value::String(rest[..text].to_owned()).to_string();
-                out.call_args(&code[1..code.len() - 1]);
+                self.escaped.clear();
+                push_string_body(&mut self.escaped, &rest[..text]);
+                out.call_args(&self.escaped);
                 self.mode = if segment_end {
                     out.call_args("\"}");
                     after_segment()

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::markers::{Scan, scan};
+use super::markers::{Markers, Scan};
 use super::pylit;
 use super::stream::{End, Sink, Stage};
 use super::types::ParseOptions;
@@ -19,11 +19,17 @@ const ARG_KEY_END: &str = "</arg_key>";
 const ARG_VALUE: &str = "<arg_value>";
 const ARG_VALUE_END: &str = "</arg_value>";
 
+// What each mode looks for, as marker sets built at compile time.
+const OPEN: Markers = Markers::new(&[TOOL_CALL]);
+const CLOSE: Markers = Markers::new(&[TOOL_CALL_END]);
+
 /// Streaming GLM tool-call parser.
 pub(crate) struct Glm {
     options: ParseOptions,
+    /// A call is open: `<tool_call>` was seen, its end was not.
+    in_call: bool,
     /// Text of the open call after `<tool_call>`, while waiting for its end.
-    call: Option<String>,
+    call: String,
     calls: usize,
 }
 
@@ -31,7 +37,8 @@ impl Glm {
     pub(crate) fn new(options: ParseOptions) -> Glm {
         Glm {
             options,
-            call: None,
+            in_call: false,
+            call: String::new(),
             calls: 0,
         }
     }
@@ -46,11 +53,12 @@ impl Glm {
         if rest.is_empty() {
             return None;
         }
-        let Some(mut call) = self.call.take() else {
-            return match scan(rest, &[TOOL_CALL], end) {
+        if !self.in_call {
+            return match OPEN.scan(rest, end) {
                 Scan::Found { at, .. } => {
                     self.prose(&rest[..at], out);
-                    self.call = Some(String::new());
+                    self.call.clear();
+                    self.in_call = true;
                     Some(at + TOOL_CALL.len())
                 }
                 Scan::Partial { at } => {
@@ -62,28 +70,27 @@ impl Glm {
                     Some(rest.len())
                 }
             };
-        };
-        match scan(rest, &[TOOL_CALL_END], end) {
+        }
+        match CLOSE.scan(rest, end) {
             Scan::Found { at, .. } => {
-                call.push_str(&rest[..at]);
-                match self.parse_call(&call) {
+                self.call.push_str(&rest[..at]);
+                self.in_call = false;
+                match self.parse_call(&self.call) {
                     Some((name, arguments)) => {
                         self.calls += 1;
                         out.call_start(&name, None);
                         out.call_args(&pylit::dumps(&Value::Object(arguments)));
                     }
-                    None => self.prose(&format!("{TOOL_CALL}{call}{TOOL_CALL_END}"), out),
+                    None => self.prose(&format!("{TOOL_CALL}{}{TOOL_CALL_END}", self.call), out),
                 }
                 Some(at + TOOL_CALL_END.len())
             }
             Scan::Partial { at } => {
-                call.push_str(&rest[..at]);
-                self.call = Some(call);
+                self.call.push_str(&rest[..at]);
                 (at > 0).then_some(at)
             }
             Scan::Clear => {
-                call.push_str(rest);
-                self.call = Some(call);
+                self.call.push_str(rest);
                 Some(rest.len())
             }
         }
@@ -145,8 +152,9 @@ impl Stage for Glm {
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {
-        if let Some(call) = self.call.take() {
-            self.prose(&format!("{TOOL_CALL}{call}"), out);
+        if self.in_call {
+            self.in_call = false;
+            self.prose(&format!("{TOOL_CALL}{}", self.call), out);
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use super::call_object::{CallObject, ObjectFeed};
 use super::json_scan::{Feed, JsonScanner};
-use super::markers::{Prefix, Scan, leading_ws, name_prefix, scan, starts_with};
+use super::markers::{MarkerList, Prefix, Scan, leading_ws, name_prefix, scan, starts_with};
 use super::stream::{End, Sink, Stage};
 use super::types::ParseOptions;
 
@@ -150,17 +150,23 @@ enum ArrayExpect {
     CommaOrEnd,
 }
 
-#[derive(Debug, Clone)]
+/// Where the parser is. The state of the object, name or arguments being read lives in
+/// [`JsonCalls`] rather than here, so that switching on the mode for every piece moves no buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Prose,
     /// Anchored format whose start was not a call: everything is content.
     ContentOnly,
     /// After an opener, before its body.
     Skip,
-    Object(CallObject),
-    Array(ArrayExpect, CallObject),
-    Name(String),
-    Arguments(JsonScanner),
+    /// A call object, in [`JsonCalls::object`].
+    Object,
+    /// An array of call objects, the current one in [`JsonCalls::object`].
+    Array(ArrayExpect),
+    /// A function name, in [`JsonCalls::name`].
+    Name,
+    /// A JSON arguments value, scanned by [`JsonCalls::scanner`].
+    Arguments,
     /// Arguments that are not valid JSON, passed through until a close tag or opener.
     RawArguments,
     /// After a body: optional whitespace and close tag.
@@ -174,10 +180,17 @@ const MAX_NAME_LEN: usize = 256;
 pub(crate) struct JsonCalls {
     format: JsonFormat,
     options: ParseOptions,
-    markers: Vec<&'static str>,
+    /// Openers, then the markup to strip.
+    markers: MarkerList,
     /// Per opener: where raw (non-JSON) arguments stop: its close tag and every tag opener.
-    raw_stops: Vec<Vec<&'static str>>,
+    raw_stops: Vec<MarkerList>,
     mode: Mode,
+    /// The call object being read (`Mode::Object` and `Mode::Array`).
+    object: CallObject,
+    /// The function name being read (`Mode::Name`).
+    name: String,
+    /// The arguments value being read (`Mode::Arguments`).
+    scanner: JsonScanner,
     /// Index into `format.openers` of the current candidate.
     opener: usize,
     /// Raw text of the current candidate while nothing of it is committed.
@@ -190,6 +203,8 @@ pub(crate) struct JsonCalls {
     pending_call: Option<(String, String)>,
     /// Calls were found (or an explicit empty call list).
     calls_found: bool,
+    /// Some call absorbs the whitespace before it (so content holds its trailing whitespace).
+    absorbs_ws: bool,
     /// Trailing whitespace of content, kept until we know whether a call follows.
     ws_hold: String,
     /// Content held for `Prose::DropIfCalls`.
@@ -221,18 +236,24 @@ impl JsonCalls {
                     .collect()
             })
             .collect();
+        let absorbs_ws =
+            format.trim_before_calls || format.openers.iter().any(|opener| opener.absorb_ws);
         JsonCalls {
             format,
             options,
             markers,
             raw_stops,
             mode: Mode::Prose,
+            object: CallObject::new(),
+            name: String::new(),
+            scanner: JsonScanner::new(),
             opener: 0,
             held: String::new(),
             candidate_committed: false,
             call_committed: false,
             pending_call: None,
             calls_found: false,
+            absorbs_ws,
             ws_hold: String::new(),
             prose_hold: String::new(),
             at_start: true,
@@ -241,10 +262,6 @@ impl JsonCalls {
 
     fn current(&self) -> Opener {
         self.format.openers[self.opener]
-    }
-
-    fn absorbs_ws(&self) -> bool {
-        self.format.trim_before_calls || self.format.openers.iter().any(|o| o.absorb_ws)
     }
 
     /// Routes text outside calls.
@@ -264,22 +281,27 @@ impl JsonCalls {
 
     /// Content text, keeping trailing whitespace back when a call may absorb it.
     fn prose(&mut self, text: &str, out: &mut dyn Sink) {
-        if !self.absorbs_ws() {
+        if !self.absorbs_ws {
             self.emit_prose(text, out);
             return;
         }
         let body = text.trim_end();
         if !body.is_empty() {
-            let ws = std::mem::take(&mut self.ws_hold);
-            self.emit_prose(&ws, out);
+            self.flush_ws(out);
             self.emit_prose(body, out);
         }
         self.ws_hold.push_str(&text[body.len()..]);
     }
 
+    /// Releases the held whitespace as content, keeping its buffer for the next run.
     fn flush_ws(&mut self, out: &mut dyn Sink) {
+        if self.ws_hold.is_empty() {
+            return;
+        }
         let ws = std::mem::take(&mut self.ws_hold);
         self.emit_prose(&ws, out);
+        self.ws_hold = ws;
+        self.ws_hold.clear();
     }
 
     fn start_candidate(&mut self, opener: usize, out: &mut dyn Sink) {
@@ -339,30 +361,25 @@ impl JsonCalls {
     }
 
     /// Announces the object's call once it qualifies (Commit::AtName).
-    fn try_commit_object(&mut self, object: &mut CallObject, out: &mut dyn Sink) -> bool {
+    fn try_commit_object(&mut self, out: &mut dyn Sink) -> bool {
         if self.call_committed || self.format.commit != Commit::AtName {
             return true;
         }
-        let Some(name) = object.name().map(str::to_owned) else {
+        let Some(name) = self.object.name().map(str::to_owned) else {
             return true;
         };
         if !self.accepts(&name) {
             return false;
         }
-        if object.arguments_seen() || !self.format.require_arguments {
+        if self.object.arguments_seen() || !self.format.require_arguments {
             self.announce(&name, out);
         }
         true
     }
 
     /// Feeds a call object (alone or as an array item); returns bytes used and the feed result.
-    fn feed_object(
-        &mut self,
-        object: &mut CallObject,
-        rest: &str,
-        out: &mut dyn Sink,
-    ) -> (usize, ObjectOutcome) {
-        let fed = object.feed(rest);
+    fn feed_object(&mut self, rest: &str, out: &mut dyn Sink) -> (usize, ObjectOutcome) {
+        let fed = self.object.feed(rest);
         let used = match fed {
             ObjectFeed::More => rest.len(),
             ObjectFeed::Done(n) | ObjectFeed::Invalid(n) => n,
@@ -370,20 +387,24 @@ impl JsonCalls {
         if !self.call_committed {
             self.hold(&rest[..used]);
         }
-        if !self.try_commit_object(object, out) {
+        // An object whose name is refused is rejected only where it ends or breaks, as when the
+        // whole text comes in one piece. Rejecting it as soon as its name ended would rescan the
+        // rest of it as prose (a `<tool_call>` in it opening a call) only when a piece ended there.
+        if !self.try_commit_object(out) && fed != ObjectFeed::More {
             return (used, ObjectOutcome::Rejected);
         }
         if self.call_committed {
-            out.call_args(&object.take_arguments());
+            out.call_args(self.object.arguments());
+            self.object.clear_arguments();
         }
         let outcome = match fed {
             ObjectFeed::More => ObjectOutcome::More,
-            ObjectFeed::Done(_) => self.object_done(object, out),
-            ObjectFeed::Invalid(_) if self.call_committed && object.in_arguments() => {
+            ObjectFeed::Done(_) => self.object_done(out),
+            ObjectFeed::Invalid(_) if self.call_committed && self.object.in_arguments() => {
                 ObjectOutcome::RawArguments
             }
             ObjectFeed::Invalid(_) if self.call_committed => {
-                if !object.arguments_seen() {
+                if !self.object.arguments_seen() {
                     out.call_args("{}");
                 }
                 ObjectOutcome::Finished
@@ -393,21 +414,22 @@ impl JsonCalls {
         (used, outcome)
     }
 
-    fn object_done(&mut self, object: &mut CallObject, out: &mut dyn Sink) -> ObjectOutcome {
+    fn object_done(&mut self, out: &mut dyn Sink) -> ObjectOutcome {
         if self.call_committed {
-            if !object.arguments_seen() {
+            if !self.object.arguments_seen() {
                 out.call_args("{}");
             }
             return ObjectOutcome::Finished;
         }
-        let Some(name) = object.name().map(str::to_owned) else {
+        let Some(name) = self.object.name().map(str::to_owned) else {
             return ObjectOutcome::Rejected;
         };
-        if !self.accepts(&name) || (self.format.require_arguments && !object.arguments_seen()) {
+        let arguments_seen = self.object.arguments_seen();
+        if !self.accepts(&name) || (self.format.require_arguments && !arguments_seen) {
             return ObjectOutcome::Rejected;
         }
-        let mut arguments = object.take_arguments();
-        if !object.arguments_seen() {
+        let mut arguments = self.object.take_arguments();
+        if !arguments_seen {
             arguments = "{}".to_owned();
         }
         match self.format.commit {
@@ -421,6 +443,11 @@ impl JsonCalls {
     }
 
     fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        // Without input only these modes have anything left to do; the handlers of the others
+        // are given input.
+        if rest.is_empty() && !matches!(self.mode, Mode::ContentOnly | Mode::Close) {
+            return None;
+        }
         match std::mem::replace(&mut self.mode, Mode::Prose) {
             Mode::Prose => self.step_prose(rest, end, out),
             Mode::ContentOnly => {
@@ -430,10 +457,10 @@ impl JsonCalls {
                 (!rest.is_empty()).then_some(rest.len())
             }
             Mode::Skip => self.step_skip(rest),
-            Mode::Object(object) => self.step_object(object, rest, out),
-            Mode::Array(expect, object) => self.step_array(expect, object, rest, out),
-            Mode::Name(name) => self.step_name(name, rest, end, out),
-            Mode::Arguments(scanner) => self.step_arguments(scanner, rest, out),
+            Mode::Object => self.step_object(rest, out),
+            Mode::Array(expect) => self.step_array(expect, rest, out),
+            Mode::Name => self.step_name(rest, end, out),
+            Mode::Arguments => self.step_arguments(rest, out),
             Mode::RawArguments => self.step_raw_arguments(rest, end, out),
             Mode::Close => self.step_close(rest, end, out),
         }
@@ -441,13 +468,10 @@ impl JsonCalls {
 
     fn step_prose(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         self.mode = Mode::Prose;
-        if rest.is_empty() {
-            return None;
-        }
         if self.format.anchored {
             return self.step_anchored_start(rest, end, out);
         }
-        match scan(rest, &self.markers, end) {
+        match self.markers.markers().scan(rest, end) {
             Scan::Found { at, marker } => {
                 self.prose(&rest[..at], out);
                 if marker < self.format.openers.len() {
@@ -461,7 +485,7 @@ impl JsonCalls {
                         },
                     )
                 } else {
-                    Some(at + self.markers[marker].len())
+                    Some(at + self.markers.markers().list()[marker].len())
                 }
             }
             Scan::Partial { at } => {
@@ -522,34 +546,23 @@ impl JsonCalls {
         }
         let first = *rest.as_bytes().first()?;
         self.mode = match self.current().body {
-            Body::Object => Mode::Object(CallObject::new()),
-            Body::Array => Mode::Array(ArrayExpect::Open, CallObject::new()),
-            Body::ArrayItems => Mode::Array(ArrayExpect::FirstOrEnd, CallObject::new()),
-            Body::ObjectOrArray if first == b'[' => {
-                Mode::Array(ArrayExpect::Open, CallObject::new())
-            }
-            Body::ObjectOrArray => Mode::Object(CallObject::new()),
-            Body::ArrayOrNamed { .. } if first == b'[' => {
-                Mode::Array(ArrayExpect::Open, CallObject::new())
-            }
-            Body::ArrayOrNamed { .. } | Body::Named { .. } => Mode::Name(String::new()),
+            Body::Object => Mode::Object,
+            Body::Array => Mode::Array(ArrayExpect::Open),
+            Body::ArrayItems => Mode::Array(ArrayExpect::FirstOrEnd),
+            Body::ObjectOrArray if first == b'[' => Mode::Array(ArrayExpect::Open),
+            Body::ObjectOrArray => Mode::Object,
+            Body::ArrayOrNamed { .. } if first == b'[' => Mode::Array(ArrayExpect::Open),
+            Body::ArrayOrNamed { .. } | Body::Named { .. } => Mode::Name,
         };
+        self.object = CallObject::new();
+        self.name.clear();
         Some(0)
     }
 
-    fn step_object(
-        &mut self,
-        mut object: CallObject,
-        rest: &str,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
-        if rest.is_empty() {
-            self.mode = Mode::Object(object);
-            return None;
-        }
-        let (used, outcome) = self.feed_object(&mut object, rest, out);
+    fn step_object(&mut self, rest: &str, out: &mut dyn Sink) -> Option<usize> {
+        let (used, outcome) = self.feed_object(rest, out);
         match outcome {
-            ObjectOutcome::More => self.mode = Mode::Object(object),
+            ObjectOutcome::More => self.mode = Mode::Object,
             ObjectOutcome::Finished => self.mode = Mode::Close,
             ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
             ObjectOutcome::Rejected => self.fail_candidate(out),
@@ -557,27 +570,21 @@ impl JsonCalls {
         Some(used)
     }
 
-    fn step_array(
-        &mut self,
-        expect: ArrayExpect,
-        mut object: CallObject,
-        rest: &str,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
+    fn step_array(&mut self, expect: ArrayExpect, rest: &str, out: &mut dyn Sink) -> Option<usize> {
         let Some(&first) = rest.as_bytes().first() else {
-            self.mode = Mode::Array(expect, object);
+            self.mode = Mode::Array(expect);
             return None;
         };
         if expect != ArrayExpect::Item && first.is_ascii_whitespace() {
             let ws = leading_ws(rest);
             self.hold(&rest[..ws]);
-            self.mode = Mode::Array(expect, object);
+            self.mode = Mode::Array(expect);
             return Some(ws);
         }
         match (expect, first) {
             (ArrayExpect::Open, b'[') => {
                 self.hold("[");
-                self.mode = Mode::Array(ArrayExpect::FirstOrEnd, object);
+                self.mode = Mode::Array(ArrayExpect::FirstOrEnd);
                 Some(1)
             }
             (ArrayExpect::FirstOrEnd | ArrayExpect::CommaOrEnd, b']') => {
@@ -592,22 +599,24 @@ impl JsonCalls {
             }
             (ArrayExpect::FirstOrEnd, _) => {
                 self.call_committed = false;
-                self.mode = Mode::Array(ArrayExpect::Item, CallObject::new());
+                self.object = CallObject::new();
+                self.mode = Mode::Array(ArrayExpect::Item);
                 Some(0)
             }
             (ArrayExpect::CommaOrEnd, b',') => {
                 self.hold(",");
                 self.call_committed = false;
-                self.mode = Mode::Array(ArrayExpect::Item, CallObject::new());
+                self.object = CallObject::new();
+                self.mode = Mode::Array(ArrayExpect::Item);
                 Some(1)
             }
             (ArrayExpect::Item, _) => {
-                let (used, outcome) = self.feed_object(&mut object, rest, out);
+                let (used, outcome) = self.feed_object(rest, out);
                 match outcome {
-                    ObjectOutcome::More => self.mode = Mode::Array(ArrayExpect::Item, object),
+                    ObjectOutcome::More => self.mode = Mode::Array(ArrayExpect::Item),
                     ObjectOutcome::Finished => {
                         self.call_committed = false;
-                        self.mode = Mode::Array(ArrayExpect::CommaOrEnd, CallObject::new());
+                        self.mode = Mode::Array(ArrayExpect::CommaOrEnd);
                     }
                     ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
                     ObjectOutcome::Rejected => self.fail_candidate(out),
@@ -621,13 +630,7 @@ impl JsonCalls {
         }
     }
 
-    fn step_name(
-        &mut self,
-        mut name: String,
-        rest: &str,
-        end: End,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
+    fn step_name(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         let (name_end, consume_end) = match self.current().body {
             Body::Named {
                 name_end,
@@ -641,52 +644,45 @@ impl JsonCalls {
             Scan::Partial { at } => (at, false),
             Scan::Clear => (rest.len(), false),
         };
-        let valid = name_prefix(&rest[..taken], name.len(), MAX_NAME_LEN, |c| {
+        let valid = name_prefix(&rest[..taken], self.name.len(), MAX_NAME_LEN, |c| {
             c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')
         });
-        name.push_str(&rest[..valid]);
+        self.name.push_str(&rest[..valid]);
         self.hold(&rest[..valid]);
         if valid < taken {
             self.fail_candidate(out);
             return Some(valid);
         }
         if !ended {
-            self.mode = Mode::Name(name);
+            self.mode = Mode::Name;
             return (taken > 0).then_some(taken);
         }
-        if name.is_empty() || !self.accepts(&name) {
+        if self.name.is_empty() || !self.accepts(&self.name) {
             self.fail_candidate(out);
             return Some(taken);
         }
         let used = taken + if consume_end { name_end.len() } else { 0 };
+        let name = std::mem::take(&mut self.name);
         match self.format.commit {
             Commit::AtName => self.announce(&name, out),
             // Named formats are not used with Commit::AtClose; keep the name for the close.
             Commit::AtClose => self.pending_call = Some((name, String::new())),
         }
-        self.mode = Mode::Arguments(JsonScanner::new());
+        self.scanner = JsonScanner::new();
+        self.mode = Mode::Arguments;
         Some(used)
     }
 
-    fn step_arguments(
-        &mut self,
-        mut scanner: JsonScanner,
-        rest: &str,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
-        if rest.is_empty() {
-            self.mode = Mode::Arguments(scanner);
-            return None;
-        }
-        if scanner.is_untouched() {
+    fn step_arguments(&mut self, rest: &str, out: &mut dyn Sink) -> Option<usize> {
+        self.mode = Mode::Arguments;
+        if self.scanner.is_untouched() {
             let ws = leading_ws(rest);
             if ws > 0 {
-                self.mode = Mode::Arguments(scanner);
                 return Some(ws);
             }
         }
-        let (used, next) = match scanner.feed(rest) {
-            Feed::More => (rest.len(), Mode::Arguments(scanner)),
+        let (used, next) = match self.scanner.feed(rest) {
+            Feed::More => (rest.len(), Mode::Arguments),
             Feed::Done(n) => (n, Mode::Close),
             Feed::Invalid(n) => (n, Mode::RawArguments),
         };
@@ -704,10 +700,7 @@ impl JsonCalls {
 
     fn step_raw_arguments(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         self.mode = Mode::RawArguments;
-        if rest.is_empty() {
-            return None;
-        }
-        match scan(rest, &self.raw_stops[self.opener], end) {
+        match self.raw_stops[self.opener].markers().scan(rest, end) {
             Scan::Found { at, .. } => {
                 self.arguments(&rest[..at], out);
                 self.mode = Mode::Close;
@@ -781,22 +774,22 @@ impl Stage for JsonCalls {
     fn finish(&mut self, out: &mut dyn Sink) {
         match std::mem::replace(&mut self.mode, Mode::Prose) {
             Mode::Prose | Mode::ContentOnly => {}
-            Mode::Arguments(scanner) if self.call_committed && scanner.is_untouched() => {
+            Mode::Arguments if self.call_committed && self.scanner.is_untouched() => {
                 out.call_args("{}");
             }
-            Mode::Object(object) | Mode::Array(ArrayExpect::Item, object)
-                if self.call_committed && !object.arguments_seen() =>
+            Mode::Object | Mode::Array(ArrayExpect::Item)
+                if self.call_committed && !self.object.arguments_seen() =>
             {
                 out.call_args("{}");
             }
             Mode::Close if self.pending_call.is_none() => {}
-            Mode::Arguments(_) | Mode::RawArguments | Mode::Object(_) | Mode::Array(..)
+            Mode::Arguments | Mode::RawArguments | Mode::Object | Mode::Array(..)
                 if self.call_committed || self.candidate_committed => {}
             Mode::Skip
-            | Mode::Object(_)
+            | Mode::Object
             | Mode::Array(..)
-            | Mode::Name(_)
-            | Mode::Arguments(_)
+            | Mode::Name
+            | Mode::Arguments
             | Mode::RawArguments
             | Mode::Close => {
                 if !self.format.release_unfinished {
@@ -812,5 +805,38 @@ impl Stage for JsonCalls {
             let held = std::mem::take(&mut self.prose_hold);
             out.content(&held);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parsers::{ChatParser, ParseOptions, ToolParserKind, ToolSpec};
+
+    /// Found by the `tool_parsers` fuzz target: streamed a char at a time, a bare object naming
+    /// no request tool was refused as soon as its name ended, so a `<tool_call>` key after it
+    /// opened a call; parsed whole, the object was refused where it ended and stayed content.
+    #[test]
+    fn a_refused_object_is_content_however_it_is_cut() {
+        let options = ParseOptions {
+            tools: vec![ToolSpec {
+                name: "get_weather".to_owned(),
+                parameters: serde_json::Value::Null,
+            }],
+            ..ParseOptions::default()
+        };
+        let text = "{\"name\": \"nope\", \"<tool_call>\": {\"name\": \"get_weather\"}} done";
+        let whole = ChatParser::parse(Some(ToolParserKind::Hermes), None, options.clone(), text);
+        assert_eq!(whole.content.as_deref(), Some(text));
+        assert!(whole.tool_calls.is_empty());
+
+        let mut parser = ChatParser::new(Some(ToolParserKind::Hermes), None, options);
+        let mut content = String::new();
+        for (at, c) in text.char_indices() {
+            let delta = parser.push(&text[at..at + c.len_utf8()]);
+            assert!(delta.tool_calls.is_empty(), "a call at byte {at}");
+            content.push_str(&delta.content);
+        }
+        content.push_str(&parser.finish().content);
+        assert_eq!(content, text);
     }
 }

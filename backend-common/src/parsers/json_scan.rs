@@ -1,5 +1,6 @@
 //! Incremental validating scanner for one JSON value: it is fed text piece by piece and says where
-//! the value ends, or where it stops being JSON, without ever re-reading earlier pieces.
+//! the value ends, or where it stops being JSON, without ever re-reading earlier pieces. Also the
+//! reverse direction for text: escaping it into a JSON string.
 
 /// Outcome of feeding one piece of text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,9 +288,54 @@ impl JsonScanner {
     }
 }
 
+/// Appends `text` to `out` as the inside of a JSON string, escaped exactly as `serde_json` writes
+/// it: `"`, `\` and control characters escaped, everything else verbatim.
+///
+/// Writing into a caller's buffer lets streamed text be escaped piece by piece without allocating.
+pub(crate) fn push_string_body(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &byte) in text.as_bytes().iter().enumerate() {
+        // `None`: a control character without a short form, written as `\u00XX`.
+        let short = match byte {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0x00..=0x1f => None,
+            _ => continue,
+        };
+        // `byte` is ASCII, so both `i` and `i + 1` are char boundaries.
+        out.push_str(&text[start..i]);
+        match short {
+            Some(escape) => out.push_str(escape),
+            None => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_bodies_are_escaped_like_serde_json() {
+        let mut text: String = (0u8..0x80).map(char::from).collect();
+        text.push_str("é\u{2028}😀\u{7f}");
+        let quoted = serde_json::Value::String(text.clone()).to_string();
+        let mut body = String::from("kept");
+        push_string_body(&mut body, &text);
+        assert_eq!(body, format!("kept{}", &quoted[1..quoted.len() - 1]));
+    }
 
     fn scan_pieces(pieces: &[&str]) -> Vec<Feed> {
         let mut scanner = JsonScanner::new();

@@ -4,7 +4,7 @@
 //! The model's own id (`functions.NAME:IDX`) is the call id; a call whose id lacks `:IDX` is
 //! skipped. Arguments pass through verbatim (trimmed), even when they are not valid JSON.
 
-use super::markers::{Scan, leading_ws, scan};
+use super::markers::{Markers, Scan, leading_ws};
 use super::stream::{End, Sink, Stage};
 
 const SECTION_BEGIN: [&str; 2] = [
@@ -16,18 +16,27 @@ const CALL_BEGIN: &str = "<|tool_call_begin|>";
 const ARGUMENT_BEGIN: &str = "<|tool_call_argument_begin|>";
 const CALL_END: &str = "<|tool_call_end|>";
 
+// What each mode looks for, as marker sets built at compile time.
+const PROSE_STOPS: Markers = Markers::new(&SECTION_BEGIN);
+const SECTION_STOPS: Markers = Markers::new(&[CALL_BEGIN, SECTION_END]);
+const ID_STOPS: Markers = Markers::new(&[ARGUMENT_BEGIN, CALL_END]);
+const ARGUMENT_STOPS: Markers = Markers::new(&[CALL_END, SECTION_END]);
+const SKIP_STOPS: Markers = Markers::new(&[CALL_END]);
+
 /// Longest accepted call id.
 const MAX_ID_LEN: usize = 256;
 
-#[derive(Debug, Clone)]
+/// Where the parser is; the id and whitespace being gathered live in [`Kimi`], so that the mode
+/// is a plain value to switch on for every piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Prose,
     Section,
-    Id(String),
-    /// Arguments; `started` once past leading whitespace, `ws` held trailing whitespace.
+    /// A call id, gathered in [`Kimi::id`].
+    Id,
+    /// Arguments; `started` once past leading whitespace.
     Arguments {
         started: bool,
-        ws: String,
     },
     /// A call with an invalid id, skipped to its end.
     Skip,
@@ -37,6 +46,10 @@ enum Mode {
 pub(crate) struct Kimi {
     mode: Mode,
     section_seen: bool,
+    /// The call id read so far (`Mode::Id`).
+    id: String,
+    /// Trailing whitespace of the arguments, held back until more arguments follow it.
+    ws: String,
 }
 
 /// The function name in a call id `functions.NAME:IDX`, if the id is well formed.
@@ -55,13 +68,15 @@ impl Kimi {
         Kimi {
             mode: Mode::Prose,
             section_seen: false,
+            id: String::new(),
+            ws: String::new(),
         }
     }
 
     /// Scans for `markers`; returns (text before, bytes used, marker index if found).
-    fn find(rest: &str, markers: &[&str], end: End) -> (usize, usize, Option<usize>) {
-        match scan(rest, markers, end) {
-            Scan::Found { at, marker } => (at, at + markers[marker].len(), Some(marker)),
+    fn find(rest: &str, markers: &Markers, end: End) -> (usize, usize, Option<usize>) {
+        match markers.scan(rest, end) {
+            Scan::Found { at, marker } => (at, at + markers.list()[marker].len(), Some(marker)),
             Scan::Partial { at } => (at, at, None),
             Scan::Clear => (rest.len(), rest.len(), None),
         }
@@ -71,9 +86,9 @@ impl Kimi {
         if rest.is_empty() {
             return None;
         }
-        let (used, next) = match std::mem::replace(&mut self.mode, Mode::Prose) {
+        let (used, next) = match self.mode {
             Mode::Prose => {
-                let (text, used, found) = Kimi::find(rest, &SECTION_BEGIN, end);
+                let (text, used, found) = Kimi::find(rest, &PROSE_STOPS, end);
                 if !self.section_seen {
                     out.content(&rest[..text]);
                 }
@@ -85,31 +100,29 @@ impl Kimi {
                 }
             }
             Mode::Section => {
-                let (_, used, found) = Kimi::find(rest, &[CALL_BEGIN, SECTION_END], end);
+                let (_, used, found) = Kimi::find(rest, &SECTION_STOPS, end);
                 match found {
-                    Some(0) => (used, Mode::Id(String::new())),
+                    Some(0) => {
+                        self.id.clear();
+                        (used, Mode::Id)
+                    }
                     Some(_) => (used, Mode::Prose),
                     None => (used, Mode::Section),
                 }
             }
-            Mode::Id(mut id) => {
-                let (text, used, found) = Kimi::find(rest, &[ARGUMENT_BEGIN, CALL_END], end);
-                id.push_str(&rest[..text]);
+            Mode::Id => {
+                let (text, used, found) = Kimi::find(rest, &ID_STOPS, end);
+                self.id.push_str(&rest[..text]);
                 match found {
-                    _ if id.len() > MAX_ID_LEN => (used, Mode::Skip),
-                    None => (used, Mode::Id(id)),
+                    _ if self.id.len() > MAX_ID_LEN => (used, Mode::Skip),
+                    None => (used, Mode::Id),
                     Some(marker) => {
-                        let id = id.trim();
+                        let id = self.id.trim();
                         match name_from_id(id) {
                             Some(name) if marker == 0 => {
                                 out.call_start(name, Some(id));
-                                (
-                                    used,
-                                    Mode::Arguments {
-                                        started: false,
-                                        ws: String::new(),
-                                    },
-                                )
+                                self.ws.clear();
+                                (used, Mode::Arguments { started: false })
                             }
                             Some(name) => {
                                 out.call_start(name, Some(id));
@@ -122,33 +135,33 @@ impl Kimi {
                     }
                 }
             }
-            Mode::Arguments { started, mut ws } => {
-                if !started {
-                    let lead = leading_ws(rest);
-                    if lead == rest.len() {
-                        self.mode = Mode::Arguments { started, ws };
-                        return Some(lead);
-                    }
-                    self.mode = Mode::Arguments { started: true, ws };
-                    return Some(lead);
+            Mode::Arguments { started: false } => {
+                let lead = leading_ws(rest);
+                if lead < rest.len() {
+                    self.mode = Mode::Arguments { started: true };
                 }
-                let (text, used, found) = Kimi::find(rest, &[CALL_END, SECTION_END], end);
+                return Some(lead);
+            }
+            Mode::Arguments { started: true } => {
+                let (text, used, found) = Kimi::find(rest, &ARGUMENT_STOPS, end);
                 let chunk = &rest[..text];
                 let body = chunk.trim_end();
                 if !body.is_empty() {
-                    out.call_args(&ws);
+                    if !self.ws.is_empty() {
+                        out.call_args(&self.ws);
+                        self.ws.clear();
+                    }
                     out.call_args(body);
-                    ws.clear();
                 }
-                ws.push_str(&chunk[body.len()..]);
+                self.ws.push_str(&chunk[body.len()..]);
                 match found {
                     Some(0) => (used, Mode::Section),
                     Some(_) => (used, Mode::Prose),
-                    None => (used, Mode::Arguments { started, ws }),
+                    None => (used, self.mode),
                 }
             }
             Mode::Skip => {
-                let (_, used, found) = Kimi::find(rest, &[CALL_END], end);
+                let (_, used, found) = Kimi::find(rest, &SKIP_STOPS, end);
                 (
                     used,
                     if found.is_some() {

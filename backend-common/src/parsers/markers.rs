@@ -14,72 +14,250 @@ pub(crate) enum Scan {
     Clear,
 }
 
-/// Finds the earliest marker in `input` (the longest one on a tie).
+/// Finds the earliest marker in `input` (the longest one on a tie); see [`Markers::scan`].
 ///
-/// While `end` allows more text, a suffix that is a proper prefix of some marker is reported as
-/// [`Scan::Partial`] when it starts at or before the first full match.
+/// For marker lists used once; lists searched for every piece are kept as [`Markers`] or
+/// [`MarkerList`] so that their first bytes are worked out once.
 pub(crate) fn scan(input: &str, markers: &[&str], end: End) -> Scan {
-    // Fast path for the common case, text without any marker's first byte: nothing can match or
-    // begin in it.
-    let bytes = input.as_bytes();
-    if !markers
-        .iter()
-        .filter_map(|m| m.as_bytes().first())
-        .any(|first| bytes.contains(first))
-    {
-        return Scan::Clear;
-    }
-    let mut found: Option<(usize, usize)> = None;
-    for (index, marker) in markers.iter().enumerate() {
-        if marker.is_empty() {
-            continue;
-        }
-        // Only the part that could still beat the current best needs searching.
-        let limit = match found {
-            Some((at, _)) => (at + marker.len()).min(input.len()),
-            None => input.len(),
-        };
-        let mut window_end = limit;
-        while !input.is_char_boundary(window_end) {
-            window_end += 1;
-        }
-        if let Some(at) = input[..window_end].find(marker) {
-            let better = match found {
-                None => true,
-                Some((best_at, best)) => {
-                    at < best_at || (at == best_at && marker.len() > markers[best].len())
-                }
-            };
-            if better {
-                found = Some((at, index));
+    Markers::new(markers).scan(input, end)
+}
+
+/// A set of byte values, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    /// The first bytes of `markers`; `const` so that fixed marker sets are built at compile time.
+    const fn of_first_bytes(markers: &[&str]) -> ByteSet {
+        let mut words = [0u64; 4];
+        let mut i = 0;
+        while i < markers.len() {
+            if let Some(&first) = markers[i].as_bytes().first() {
+                words[(first >> 6) as usize] |= 1 << (first & 63);
             }
+            i += 1;
         }
+        ByteSet(words)
     }
-    let partial = if end.may_continue_marker() {
-        partial_start(input, markers)
-    } else {
-        None
-    };
-    match (found, partial) {
-        (Some((at, _)), Some(p)) if p <= at => Scan::Partial { at: p },
-        (Some((at, marker)), _) => Scan::Found { at, marker },
-        (None, Some(p)) => Scan::Partial { at: p },
-        (None, None) => Scan::Clear,
+
+    fn contains(self, byte: u8) -> bool {
+        self.0[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
+    }
+
+    fn is_empty(self) -> bool {
+        self.0 == [0; 4]
     }
 }
 
-/// Earliest byte from which the rest of `input` is a proper prefix of some marker.
-fn partial_start(input: &str, markers: &[&str]) -> Option<usize> {
-    let longest = markers.iter().map(|m| m.len()).max()?;
-    let from = input.len().saturating_sub(longest.saturating_sub(1));
-    (from..input.len())
-        .filter(|&p| input.is_char_boundary(p))
-        .find(|&p| {
-            let tail = &input[p..];
-            markers
+/// Markers searched together, with the set of their first bytes worked out in advance: a piece
+/// without any of those bytes is cleared with one test per byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Markers<'a> {
+    list: &'a [&'a str],
+    firsts: ByteSet,
+    /// The first byte when all markers share it (the usual `<`): one comparison per byte.
+    only_first: Option<u8>,
+}
+
+impl<'a> Markers<'a> {
+    pub(crate) const fn new(list: &'a [&'a str]) -> Markers<'a> {
+        Markers {
+            list,
+            firsts: ByteSet::of_first_bytes(list),
+            only_first: only_first_byte(list),
+        }
+    }
+
+    /// The markers, indexed as in [`Scan::Found`].
+    pub(crate) fn list(&self) -> &'a [&'a str] {
+        self.list
+    }
+
+    /// Finds the earliest marker in `input` (the longest one on a tie).
+    ///
+    /// While `end` allows more text, a suffix that is a proper prefix of some marker is reported
+    /// as [`Scan::Partial`] when it starts at or before the first full match.
+    ///
+    /// Only positions holding the first byte of some marker are examined, so text without such a
+    /// byte costs one pass and nothing else: a test per byte on a short piece, a `memchr` on long
+    /// input.
+    pub(crate) fn scan(&self, input: &str, end: End) -> Scan {
+        if self.firsts.is_empty() {
+            return Scan::Clear;
+        }
+        let bytes = input.as_bytes();
+        if bytes.len() < SHORT_INPUT {
+            let mut from = 0;
+            while let Some(offset) = self.next_first(&bytes[from..]) {
+                let at = from + offset;
+                if let Some(scan) = self.scan_at(&bytes[at..], at, end) {
+                    return scan;
+                }
+                from = at + 1;
+            }
+            return Scan::Clear;
+        }
+        let mut candidates = Candidates::new(input, self.firsts);
+        while let Some(at) = candidates.next() {
+            if let Some(scan) = self.scan_at(&bytes[at..], at, end) {
+                return scan;
+            }
+        }
+        Scan::Clear
+    }
+
+    /// The offset of the first byte of `bytes` that is some marker's first byte.
+    fn next_first(&self, bytes: &[u8]) -> Option<usize> {
+        match self.only_first {
+            Some(first) => bytes.iter().position(|&b| b == first),
+            None => bytes.iter().position(|&b| self.firsts.contains(b)),
+        }
+    }
+
+    /// What starts at `at`, the start of `tail`: a cut marker (held back while more text may
+    /// come, even when a shorter marker matches there), the longest whole marker, or nothing.
+    fn scan_at(&self, tail: &[u8], at: usize, end: End) -> Option<Scan> {
+        if end.may_continue_marker()
+            && self
+                .list
                 .iter()
-                .any(|m| m.len() > tail.len() && m.starts_with(tail))
-        })
+                .any(|m| m.len() > tail.len() && m.as_bytes().starts_with(tail))
+        {
+            return Some(Scan::Partial { at });
+        }
+        let mut best: Option<&str> = None;
+        let mut found = None;
+        for (index, marker) in self.list.iter().enumerate() {
+            let longer = best.is_none_or(|b| marker.len() > b.len());
+            if longer && !marker.is_empty() && tail.starts_with(marker.as_bytes()) {
+                best = Some(marker);
+                found = Some(Scan::Found { at, marker: index });
+            }
+        }
+        found
+    }
+}
+
+/// A marker list built at run time, owning what [`Markers`] borrows.
+#[derive(Debug, Clone)]
+pub(crate) struct MarkerList {
+    list: Vec<&'static str>,
+    firsts: ByteSet,
+    only_first: Option<u8>,
+}
+
+impl MarkerList {
+    /// The markers as a [`Markers`] to search with.
+    pub(crate) fn markers(&self) -> Markers<'_> {
+        Markers {
+            list: &self.list,
+            firsts: self.firsts,
+            only_first: self.only_first,
+        }
+    }
+}
+
+impl FromIterator<&'static str> for MarkerList {
+    fn from_iter<I: IntoIterator<Item = &'static str>>(iter: I) -> MarkerList {
+        let list: Vec<&'static str> = iter.into_iter().collect();
+        MarkerList {
+            firsts: ByteSet::of_first_bytes(&list),
+            only_first: only_first_byte(&list),
+            list,
+        }
+    }
+}
+
+/// The first byte shared by all non-empty markers, if there is exactly one.
+const fn only_first_byte(markers: &[&str]) -> Option<u8> {
+    let mut only = None;
+    let mut i = 0;
+    while i < markers.len() {
+        if let Some(&first) = markers[i].as_bytes().first() {
+            match only {
+                Some(seen) if seen != first => return None,
+                _ => only = Some(first),
+            }
+        }
+        i += 1;
+    }
+    only
+}
+
+/// Inputs shorter than this are searched byte by byte; longer ones with `memchr` (through
+/// [`Candidates`]), whose set-up costs more than it saves on a few bytes.
+const SHORT_INPUT: usize = 64;
+
+/// Most distinct first bytes searched with one `memchr` each; more fall back to a test per byte.
+const MAX_MEMCHR_BYTES: usize = 4;
+
+/// The positions of a long `input`, in order, that hold the first byte of some marker: the only
+/// places where a marker, or a cut one, can start.
+///
+/// A marker is a `str`, so its first byte is never a UTF-8 continuation byte and every position
+/// found is a char boundary.
+struct Candidates<'a> {
+    input: &'a str,
+    firsts: ByteSet,
+    /// The distinct first bytes when they are few and all ASCII, so that `str::find(char)` (a
+    /// `memchr`) can look for each; empty otherwise.
+    ascii: [u8; MAX_MEMCHR_BYTES],
+    ascii_len: usize,
+    from: usize,
+}
+
+impl<'a> Candidates<'a> {
+    fn new(input: &'a str, firsts: ByteSet) -> Candidates<'a> {
+        let mut ascii = [0u8; MAX_MEMCHR_BYTES];
+        let mut ascii_len = 0;
+        let mut few_ascii = true;
+        // The members of the set, from its bits; ASCII bytes live in the first two words.
+        for (word, mut bits) in firsts.0.into_iter().enumerate() {
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u8;
+                bits &= bits - 1;
+                if word >= 2 || ascii_len == MAX_MEMCHR_BYTES {
+                    few_ascii = false;
+                } else {
+                    ascii[ascii_len] = if word == 0 { bit } else { 64 + bit };
+                    ascii_len += 1;
+                }
+            }
+        }
+        if !few_ascii {
+            ascii_len = 0;
+        }
+        Candidates {
+            input,
+            firsts,
+            ascii,
+            ascii_len,
+            from: 0,
+        }
+    }
+
+    /// The next candidate position.
+    fn next(&mut self) -> Option<usize> {
+        let at = if self.ascii_len == 0 {
+            let bytes = self.input.as_bytes().get(self.from..)?;
+            self.from + bytes.iter().position(|&b| self.firsts.contains(b))?
+        } else {
+            // `from` follows an ASCII byte, so it is a char boundary. Each byte is looked for
+            // only before the earliest one found so far: the work is bounded by the distance to
+            // the next candidate.
+            let rest = self.input.get(self.from..)?;
+            let mut best: Option<usize> = None;
+            for &byte in &self.ascii[..self.ascii_len] {
+                let window = &rest[..best.unwrap_or(rest.len())];
+                if let Some(at) = window.find(char::from(byte)) {
+                    best = Some(at);
+                }
+            }
+            self.from + best?
+        };
+        self.from = at + 1;
+        Some(at)
+    }
 }
 
 /// How `input` relates to an expected literal at its start.
@@ -183,6 +361,35 @@ mod tests {
         assert_eq!(
             scan("é<｜tool", &["<｜tool▁calls▁begin｜>"], End::Open),
             Scan::Partial { at: 2 }
+        );
+    }
+
+    #[test]
+    fn long_input_is_searched_by_first_bytes() {
+        let markers = ["<ab>", "```", "\n\n"];
+        let text = format!("{}`x\n<a{}<ab>", "y".repeat(100), "z".repeat(100));
+        let at = text.len() - 4;
+        assert_eq!(
+            scan(&text, &markers, End::Open),
+            Scan::Found { at, marker: 0 }
+        );
+        let cut = format!("{}<a", "y".repeat(100));
+        assert_eq!(scan(&cut, &markers, End::Open), Scan::Partial { at: 100 });
+        assert_eq!(scan(&cut, &markers, End::Eof), Scan::Clear);
+    }
+
+    #[test]
+    fn long_input_with_a_non_ascii_first_byte() {
+        let markers = ["é!", "<a>"];
+        let text = format!("{}<a>", "é".repeat(50));
+        assert_eq!(
+            scan(&text, &markers, End::Open),
+            Scan::Found { at: 100, marker: 1 }
+        );
+        let text = format!("{}é!", "x".repeat(70));
+        assert_eq!(
+            scan(&text, &markers, End::Open),
+            Scan::Found { at: 70, marker: 0 }
         );
     }
 }

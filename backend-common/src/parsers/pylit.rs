@@ -163,7 +163,8 @@ impl<'a> Reader<'a> {
         let mut out = String::new();
         let mut chars = body[open_len..].char_indices();
         while let Some((offset, c)) = chars.next() {
-            if body[open_len + offset..].starts_with(delimiter) {
+            // The delimiter is the quote repeated: only a quote can start it.
+            if c == quote && body[open_len + offset..].starts_with(delimiter) {
                 self.pos += start + open_len + offset + delimiter.len();
                 return Some(out);
             }

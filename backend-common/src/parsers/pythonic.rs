@@ -40,9 +40,12 @@ struct Lexer {
 pub(crate) struct Pythonic {
     mode: Mode,
     lexer: Lexer,
-    item: String,
-    /// Text of the list so far, released as content if no call comes out of it.
+    /// Text of the list so far, released as content if no call comes out of it; once a call
+    /// has, only the text of the current item.
     held: String,
+    /// Where the current item starts in `held`: items are read in place rather than copied
+    /// once more.
+    item_start: usize,
     calls: usize,
 }
 
@@ -51,16 +54,25 @@ impl Pythonic {
         Pythonic {
             mode: Mode::Start { tag_seen: false },
             lexer: Lexer::default(),
-            item: String::new(),
             held: String::new(),
+            item_start: 0,
             calls: 0,
         }
     }
 
     fn hold(&mut self, text: &str) {
-        if self.calls == 0 {
-            self.held.push_str(text);
+        self.held.push_str(text);
+    }
+
+    /// Starts reading a list item.
+    fn start_item(&mut self) {
+        if self.calls > 0 {
+            // Nothing before the item can be released any more.
+            self.held.clear();
         }
+        self.item_start = self.held.len();
+        self.lexer = Lexer::default();
+        self.mode = Mode::Item;
     }
 
     /// Not a call list: what was held is content, and so is everything after it.
@@ -74,8 +86,8 @@ impl Pythonic {
     }
 
     fn emit_item(&mut self, out: &mut dyn Sink) {
-        let item = std::mem::take(&mut self.item);
-        if let Some((name, arguments)) = pylit::call(&item) {
+        let item = self.held.get(self.item_start..).unwrap_or_default();
+        if let Some((name, arguments)) = pylit::call(item) {
             self.calls += 1;
             self.held.clear();
             out.call_start(&name, None);
@@ -128,8 +140,7 @@ impl Pythonic {
             }
             Mode::CommaOrEnd if first == b',' => {
                 self.hold(",");
-                self.mode = Mode::Item;
-                self.lexer = Lexer::default();
+                self.start_item();
                 Some(1)
             }
             Mode::CommaOrEnd => {
@@ -137,8 +148,7 @@ impl Pythonic {
                 Some(0)
             }
             Mode::ItemOrEnd => {
-                self.mode = Mode::Item;
-                self.lexer = Lexer::default();
+                self.start_item();
                 Some(0)
             }
             Mode::Item => self.step_item(rest, out),
@@ -186,7 +196,6 @@ impl Pythonic {
                     lexer.depth -= 1;
                     if lexer.depth == 0 {
                         let used = i + 1;
-                        self.item.push_str(&rest[..used]);
                         self.hold(&rest[..used]);
                         self.emit_item(out);
                         self.mode = Mode::CommaOrEnd;
@@ -200,7 +209,6 @@ impl Pythonic {
                     || byte >= 0x80) =>
                 {
                     self.hold(&rest[..i]);
-                    self.item.clear();
                     self.give_up(out);
                     return Some(i);
                 }
@@ -208,7 +216,6 @@ impl Pythonic {
             }
         }
         self.lexer = lexer;
-        self.item.push_str(rest);
         self.hold(rest);
         Some(rest.len())
     }

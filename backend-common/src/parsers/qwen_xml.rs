@@ -7,7 +7,8 @@
 
 use serde_json::Value;
 
-use super::markers::{Prefix, Scan, leading_ws, name_prefix, scan, starts_with};
+use super::json_scan::push_string_body;
+use super::markers::{Markers, Prefix, Scan, leading_ws, name_prefix, scan, starts_with};
 use super::pylit;
 use super::stream::{End, Sink, Stage};
 use super::types::{ParamType, ParseOptions};
@@ -19,10 +20,16 @@ const FUNCTION_END: &str = "</function>";
 const PARAMETER: &str = "<parameter=";
 const PARAMETER_END: &str = "</parameter>";
 
+// What each mode looks for, as marker sets built at compile time.
+const CALL_STARTS: Markers = Markers::new(&[TOOL_CALL, FUNCTION]);
+const FUNCTION_PARTS: [&str; 3] = [PARAMETER, FUNCTION_END, TOOL_CALL_END];
+const FUNCTION_STOPS: Markers = Markers::new(&FUNCTION_PARTS);
+const VALUE_STOPS: Markers = Markers::new(&[PARAMETER_END, PARAMETER, FUNCTION_END]);
+
 /// Longest accepted function or parameter name.
 const MAX_NAME_LEN: usize = 256;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct ParamValue {
     /// How to convert the value; `None` streams it as text.
     typed: Option<ParamType>,
@@ -35,14 +42,19 @@ struct ParamValue {
     text: String,
 }
 
-#[derive(Debug, Clone)]
+/// Where the parser is; the name or value being read lives in [`QwenXml`], so that the mode is a
+/// plain value to switch on for every piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Prose,
     AfterToolCall,
-    FunctionName(String),
+    /// A function name, gathered in [`QwenXml::name`].
+    FunctionName,
     InFunction,
-    ParamName(String),
-    Value(ParamValue),
+    /// A parameter name, gathered in [`QwenXml::name`].
+    ParamName,
+    /// A parameter value, described by [`QwenXml::value`].
+    Value,
     AfterFunction,
 }
 
@@ -54,6 +66,12 @@ pub(crate) struct QwenXml {
     function: String,
     params: usize,
     calls: usize,
+    /// The function or parameter name read so far.
+    name: String,
+    /// The parameter value being read.
+    value: ParamValue,
+    /// Scratch buffer for escaping text values, reused across pieces.
+    escaped: String,
 }
 
 impl QwenXml {
@@ -65,6 +83,9 @@ impl QwenXml {
             function: String::new(),
             params: 0,
             calls: 0,
+            name: String::new(),
+            value: ParamValue::default(),
+            escaped: String::new(),
         }
     }
 
@@ -92,7 +113,7 @@ impl QwenXml {
             return None;
         }
         match std::mem::replace(&mut self.mode, Mode::Prose) {
-            Mode::Prose => match scan(rest, &[TOOL_CALL, FUNCTION], end) {
+            Mode::Prose => match CALL_STARTS.scan(rest, end) {
                 Scan::Found { at, marker } => {
                     self.prose(&rest[..at], out);
                     if marker == 0 {
@@ -101,7 +122,8 @@ impl QwenXml {
                         Some(at + TOOL_CALL.len())
                     } else {
                         self.held = FUNCTION.to_owned();
-                        self.mode = Mode::FunctionName(String::new());
+                        self.name.clear();
+                        self.mode = Mode::FunctionName;
                         Some(at + FUNCTION.len())
                     }
                 }
@@ -124,7 +146,8 @@ impl QwenXml {
                 match starts_with(rest, FUNCTION, end) {
                     Prefix::Yes => {
                         self.held.push_str(FUNCTION);
-                        self.mode = Mode::FunctionName(String::new());
+                        self.name.clear();
+                        self.mode = Mode::FunctionName;
                         Some(FUNCTION.len())
                     }
                     Prefix::Undecided => {
@@ -137,11 +160,12 @@ impl QwenXml {
                     }
                 }
             }
-            Mode::FunctionName(name) => self.step_name(name, rest, end, out, true),
-            Mode::ParamName(name) => self.step_name(name, rest, end, out, false),
-            Mode::InFunction => match scan(rest, &[PARAMETER, FUNCTION_END, TOOL_CALL_END], end) {
+            Mode::FunctionName => self.step_name(rest, end, out, true),
+            Mode::ParamName => self.step_name(rest, end, out, false),
+            Mode::InFunction => match FUNCTION_STOPS.scan(rest, end) {
                 Scan::Found { at, marker: 0 } => {
-                    self.mode = Mode::ParamName(String::new());
+                    self.name.clear();
+                    self.mode = Mode::ParamName;
                     Some(at + PARAMETER.len())
                 }
                 Scan::Found { at, marker } => {
@@ -151,7 +175,7 @@ impl QwenXml {
                     } else {
                         Mode::Prose
                     };
-                    Some(at + [PARAMETER, FUNCTION_END, TOOL_CALL_END][marker].len())
+                    Some(at + FUNCTION_PARTS[marker].len())
                 }
                 Scan::Partial { at } => {
                     self.mode = Mode::InFunction;
@@ -162,7 +186,7 @@ impl QwenXml {
                     Some(rest.len())
                 }
             },
-            Mode::Value(value) => self.step_value(value, rest, end, out),
+            Mode::Value => self.step_value(rest, end, out),
             Mode::AfterFunction => {
                 let ws = leading_ws(rest);
                 match starts_with(&rest[ws..], TOOL_CALL_END, end) {
@@ -180,7 +204,6 @@ impl QwenXml {
     /// Reads a function name (`function`) or parameter name up to `>`.
     fn step_name(
         &mut self,
-        mut name: String,
         rest: &str,
         end: End,
         out: &mut dyn Sink,
@@ -191,8 +214,8 @@ impl QwenXml {
             Scan::Partial { at } => (at, false),
             Scan::Clear => (rest.len(), false),
         };
-        let valid = name_prefix(&rest[..taken], name.len(), MAX_NAME_LEN, |c| c != '\n');
-        name.push_str(&rest[..valid]);
+        let valid = name_prefix(&rest[..taken], self.name.len(), MAX_NAME_LEN, |c| c != '\n');
+        self.name.push_str(&rest[..valid]);
         if function {
             self.held.push_str(&rest[..valid]);
         }
@@ -207,12 +230,13 @@ impl QwenXml {
         }
         if !found {
             self.mode = if function {
-                Mode::FunctionName(name)
+                Mode::FunctionName
             } else {
-                Mode::ParamName(name)
+                Mode::ParamName
             };
             return Some(taken);
         }
+        let name = std::mem::take(&mut self.name);
         let name = name.trim();
         if function {
             self.function = name.to_owned();
@@ -226,24 +250,20 @@ impl QwenXml {
             let separator = if self.params == 0 { "" } else { ", " };
             self.params += 1;
             let prefix = format!("{separator}{}: ", Value::String(name.to_owned()));
-            self.mode = Mode::Value(ParamValue {
+            self.value = ParamValue {
                 typed: self.param_type(name),
                 prefix,
                 started: false,
                 pending_newline: false,
                 text: String::new(),
-            });
+            };
+            self.mode = Mode::Value;
         }
         Some(taken + 1)
     }
 
-    fn step_value(
-        &mut self,
-        mut value: ParamValue,
-        rest: &str,
-        end: End,
-        out: &mut dyn Sink,
-    ) -> Option<usize> {
+    fn step_value(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        let value = &mut self.value;
         let mut skipped = 0;
         if !value.started {
             value.started = true;
@@ -257,7 +277,7 @@ impl QwenXml {
             }
         }
         let body = &rest[skipped..];
-        let (taken, stop) = match scan(body, &[PARAMETER_END, PARAMETER, FUNCTION_END], end) {
+        let (taken, stop) = match VALUE_STOPS.scan(body, end) {
             Scan::Found { at, marker } => (at, Some(marker)),
             Scan::Partial { at } => (at, None),
             Scan::Clear => (body.len(), None),
@@ -272,22 +292,25 @@ impl QwenXml {
                 value.pending_newline = true;
                 chunk = stripped;
             }
-            out.call_args(json_string_body(chunk).as_str());
+            self.escaped.clear();
+            push_string_body(&mut self.escaped, chunk);
+            out.call_args(&self.escaped);
         } else {
             value.text.push_str(chunk);
         }
         let Some(marker) = stop else {
-            self.mode = Mode::Value(value);
+            self.mode = Mode::Value;
             return (skipped + taken > 0).then_some(skipped + taken);
         };
-        self.end_value(value, out);
+        self.end_value(out);
         self.mode = Mode::InFunction;
         // Only `</parameter>` belongs to the value; the others start what follows.
         let consumed = if marker == 0 { PARAMETER_END.len() } else { 0 };
         Some(skipped + taken + consumed)
     }
 
-    fn end_value(&mut self, value: ParamValue, out: &mut dyn Sink) {
+    fn end_value(&self, out: &mut dyn Sink) {
+        let value = &self.value;
         match &value.typed {
             None => out.call_args("\""),
             Some(typed) => {
@@ -297,12 +320,6 @@ impl QwenXml {
             }
         }
     }
-}
-
-/// The JSON-escaped body of a string (without quotes).
-fn json_string_body(text: &str) -> String {
-    let quoted = Value::String(text.to_owned()).to_string();
-    quoted[1..quoted.len() - 1].to_owned()
 }
 
 /// Converts a parameter value by its declared type, as vLLM's qwen3 parsers do.
@@ -369,14 +386,14 @@ impl Stage for QwenXml {
     fn finish(&mut self, out: &mut dyn Sink) {
         match std::mem::replace(&mut self.mode, Mode::Prose) {
             Mode::Prose | Mode::AfterFunction => {}
-            Mode::AfterToolCall | Mode::FunctionName(_) => self.release(out),
-            Mode::ParamName(_) | Mode::InFunction => out.call_args("}"),
-            Mode::Value(value) => {
-                if !value.started && value.typed.is_none() {
-                    out.call_args(&value.prefix);
+            Mode::AfterToolCall | Mode::FunctionName => self.release(out),
+            Mode::ParamName | Mode::InFunction => out.call_args("}"),
+            Mode::Value => {
+                if !self.value.started && self.value.typed.is_none() {
+                    out.call_args(&self.value.prefix);
                     out.call_args("\"");
                 }
-                self.end_value(value, out);
+                self.end_value(out);
                 out.call_args("}");
             }
         }

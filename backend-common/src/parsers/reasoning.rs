@@ -1,7 +1,7 @@
 //! Reasoning parsers that split tagged reasoning (`<think>...</think>` and its relatives) from
 //! content. The Harmony (gpt-oss) reasoning parser lives in `harmony.rs`.
 
-use super::markers::{Prefix, Scan, leading_ws, scan, starts_with};
+use super::markers::{MarkerList, Prefix, Scan, leading_ws, starts_with};
 use super::stream::{End, Sink, Stage};
 
 /// How one tag-delimited reasoning format behaves.
@@ -64,9 +64,9 @@ pub(crate) struct ThinkTags {
     mode: Mode,
     at_beginning: bool,
     /// Markers looked for inside reasoning: end, start, implicit end (in that order).
-    reasoning_markers: Vec<&'static str>,
+    reasoning_markers: MarkerList,
     /// Markers looked for in content: start, then stray end markers to strip.
-    content_markers: Vec<&'static str>,
+    content_markers: MarkerList,
 }
 
 impl ThinkTags {
@@ -129,10 +129,11 @@ impl ThinkTags {
     fn step_reasoning(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         let ends = self.format.end.len();
         let starts = self.format.start.len();
-        match scan(rest, &self.reasoning_markers, end) {
+        let markers = self.reasoning_markers.markers();
+        match markers.scan(rest, end) {
             Scan::Found { at, marker } => {
                 out.reasoning(&rest[..at]);
-                let len = self.reasoning_markers[marker].len();
+                let len = markers.list()[marker].len();
                 if marker < ends {
                     self.close();
                     Some(at + len)
@@ -174,10 +175,11 @@ impl ThinkTags {
 
     fn step_content(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         let starts = self.format.start.len();
-        match scan(rest, &self.content_markers, end) {
+        let markers = self.content_markers.markers();
+        match markers.scan(rest, end) {
             Scan::Found { at, marker } => {
                 out.content(&rest[..at]);
-                let len = self.content_markers[marker].len();
+                let len = markers.list()[marker].len();
                 if marker < starts {
                     self.open(out);
                 }

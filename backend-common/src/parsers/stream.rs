@@ -52,6 +52,9 @@ pub(crate) trait Sink {
 pub(crate) trait Stage: Send {
     /// Consumes a prefix of `input` (returning its length in bytes, on a char boundary) and
     /// reports what it decided. At [`End::Eof`] it must consume everything.
+    ///
+    /// Empty input with [`End::Open`] holds nothing to decide, and callers skip such calls (a
+    /// reasoning stage passes nothing on to the tool stage for most pieces).
     fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize;
 
     /// Resolves internal state at the end of the generation, after the final `advance`.
@@ -94,19 +97,24 @@ impl PendingInput {
     /// With nothing held (the usual case) the stage reads `text` in place and only what it leaves
     /// is copied, so a streamed piece costs no buffer traffic.
     pub(crate) fn feed(&mut self, text: &str, stage: &mut dyn Stage, end: End, out: &mut dyn Sink) {
-        if !self.is_empty() {
+        if text.is_empty() || !self.is_empty() {
             self.push(text);
             self.run(stage, end, out);
             return;
         }
         let used = consume(stage, text, end, out);
-        self.buf.clear();
-        self.start = 0;
-        self.buf.push_str(&text[used..]);
+        if used < text.len() {
+            self.buf.clear();
+            self.start = 0;
+            self.buf.push_str(&text[used..]);
+        }
     }
 
     /// Lets `stage` consume what it can.
     pub(crate) fn run(&mut self, stage: &mut dyn Stage, end: End, out: &mut dyn Sink) {
+        if end == End::Open && self.is_empty() {
+            return;
+        }
         let used = consume(stage, &self.buf[self.start..], end, out);
         self.start += used;
         // Compact once the consumed prefix dominates, keeping appends amortised O(1).
@@ -163,8 +171,11 @@ impl IdSource {
 /// Collects events into the current delta and into the whole message.
 pub(crate) struct Recorder {
     delta: ChatDelta,
-    /// Tool-call entries of earlier deltas, reused so that streaming arguments allocates nothing
-    /// per push once their buffers have grown.
+    /// How many entries of `delta.tool_calls` belong to the delta being gathered. Entries after
+    /// them are left from the previous delta and get overwritten in place, so that streaming
+    /// arguments allocates nothing per push once the buffers have grown.
+    live_calls: usize,
+    /// Entries no delta needed lately, kept for their buffers.
     spare: Vec<ToolCallDelta>,
     content: String,
     reasoning: String,
@@ -177,6 +188,7 @@ impl Recorder {
     pub(crate) fn new() -> Recorder {
         Recorder {
             delta: ChatDelta::default(),
+            live_calls: 0,
             spare: Vec::new(),
             content: String::new(),
             reasoning: String::new(),
@@ -190,10 +202,20 @@ impl Recorder {
     pub(crate) fn begin_delta(&mut self) {
         self.delta.content.clear();
         self.delta.reasoning_content.clear();
-        self.spare.append(&mut self.delta.tool_calls);
+        self.live_calls = 0;
     }
 
-    /// The delta gathered since [`begin_delta`](Recorder::begin_delta).
+    /// Ends the delta begun by [`begin_delta`](Recorder::begin_delta): entries of the previous
+    /// delta that were not overwritten are set aside.
+    pub(crate) fn end_delta(&mut self) {
+        if self.delta.tool_calls.len() > self.live_calls {
+            self.spare
+                .extend(self.delta.tool_calls.drain(self.live_calls..));
+        }
+    }
+
+    /// The delta gathered between [`begin_delta`](Recorder::begin_delta) and
+    /// [`end_delta`](Recorder::end_delta).
     pub(crate) fn delta(&self) -> &ChatDelta {
         &self.delta
     }
@@ -217,7 +239,7 @@ impl Recorder {
         }
     }
 
-    /// Appends a tool-call entry to the delta, taken from the spare ones when there is one.
+    /// Adds a tool-call entry to the delta, reusing an old entry's buffers when there is one.
     fn delta_entry(
         &mut self,
         index: usize,
@@ -225,23 +247,28 @@ impl Recorder {
         name: Option<String>,
         arguments: &str,
     ) {
-        let entry = match self.spare.pop() {
-            Some(mut entry) => {
+        let calls = &mut self.delta.tool_calls;
+        if self.live_calls == calls.len()
+            && let Some(entry) = self.spare.pop()
+        {
+            calls.push(entry);
+        }
+        match calls.get_mut(self.live_calls) {
+            Some(entry) => {
                 entry.index = index;
                 entry.id = id;
                 entry.name = name;
                 entry.arguments.clear();
                 entry.arguments.push_str(arguments);
-                entry
             }
-            None => ToolCallDelta {
+            None => calls.push(ToolCallDelta {
                 index,
                 id,
                 name,
                 arguments: arguments.to_owned(),
-            },
-        };
-        self.delta.tool_calls.push(entry);
+            }),
+        }
+        self.live_calls += 1;
     }
 }
 
@@ -283,8 +310,16 @@ impl Sink for Recorder {
         };
         call.arguments.push_str(fragment);
         let index = self.calls.len() - 1;
-        match self.delta.tool_calls.last_mut() {
-            Some(last) if last.index == index => last.arguments.push_str(fragment),
+        let (live, stale) = self.delta.tool_calls.split_at_mut(self.live_calls);
+        match (live.last_mut(), stale.first_mut()) {
+            (Some(last), _) if last.index == index => last.arguments.push_str(fragment),
+            // The usual streaming step: the previous delta's fragment entry becomes this one's.
+            (_, Some(entry)) if entry.id.is_none() && entry.name.is_none() => {
+                entry.index = index;
+                entry.arguments.clear();
+                entry.arguments.push_str(fragment);
+                self.live_calls += 1;
+            }
             _ => self.delta_entry(index, None, None, fragment),
         }
     }
