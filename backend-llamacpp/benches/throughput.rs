@@ -74,13 +74,12 @@ fn direct_loop(model_path: &PathBuf, threads: i32, rounds: usize) -> Result<Vec<
         let mut token = sampler.sample(&ctx, batch.n_tokens() - 1);
         let prompt_s = start.elapsed().as_secs_f64();
         let decode_start = Instant::now();
-        let mut pos = tokens.len() as i32;
-        for _ in 1..NEW_TOKENS {
+        let first = tokens.len() as i32;
+        for pos in first..first + NEW_TOKENS as i32 - 1 {
             batch.clear();
             batch.add(token, pos, &[0], true)?;
             ctx.decode(&mut batch)?;
             token = sampler.sample(&ctx, 0);
-            pos += 1;
         }
         runs.push(Run {
             prompt_tokens: tokens.len() as u32,
