@@ -135,6 +135,10 @@ impl Sampler {
             candidates.truncate(k);
         }
         candidates.sort_by(by_logit);
+        if p.typical_p < 1.0 {
+            candidates = locally_typical(candidates, p.typical_p);
+            candidates.sort_by(by_logit);
+        }
         if p.top_p < 1.0 {
             let probs = softmax(candidates.iter().map(|c| c.1));
             let mut cumulative = 0.0;
@@ -163,6 +167,32 @@ impl Sampler {
         }
         candidates[candidates.len() - 1].0
     }
+}
+
+/// Locally typical sampling (Meister et al. 2022, llama.cpp's `typical`): keeps the tokens whose
+/// surprisal is closest to the distribution's entropy until their mass reaches `mass`.
+fn locally_typical(candidates: Vec<(u32, f32)>, mass: f32) -> Vec<(u32, f32)> {
+    let probs = softmax(candidates.iter().map(|c| c.1));
+    let entropy: f32 = -probs
+        .iter()
+        .filter(|&&q| q > 0.0)
+        .map(|&q| q * q.ln())
+        .sum::<f32>();
+    let shift = |i: usize| (-probs[i].ln() - entropy).abs();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| shift(a).total_cmp(&shift(b)));
+    let mut cumulative = 0.0;
+    let keep = order
+        .iter()
+        .position(|&i| {
+            cumulative += probs[i];
+            cumulative >= mass
+        })
+        .map_or(order.len(), |i| i + 1);
+    order[..keep.max(1)]
+        .iter()
+        .map(|&i| candidates[i])
+        .collect()
 }
 
 /// Softmax of `logits` (largest first is not required).
@@ -268,6 +298,18 @@ mod tests {
                 .iter()
                 .all(|&t| t == 0)
         );
+    }
+
+    #[test]
+    fn typical_keeps_the_tokens_nearest_the_entropy() {
+        let mut p = SamplingParams::greedy();
+        p.temperature = 1.0;
+        p.seed = Some(3);
+        p.typical_p = 0.01;
+        // Probabilities 0.4, 0.3, 0.3: entropy 1.09 nats; the 0.3 tokens' surprisal (1.20) is
+        // nearer to it than the top token's (0.92), so the most likely token is never drawn.
+        let logits = [0.4f32.ln(), 0.3f32.ln(), 0.3f32.ln()];
+        assert!(sampled(p, &logits, 32).iter().all(|&t| t != 0));
     }
 
     #[test]
