@@ -25,6 +25,34 @@ pub fn resolve(options: &ModelOptions) -> Result<PathBuf, EngineError> {
     }
 }
 
+/// Checks that `path` is a readable GGUF file, naming what is wrong otherwise: a missing path
+/// is [`EngineError::ModelNotFound`], a folder or a file without the GGUF magic is
+/// [`EngineError::InvalidModel`].
+pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
+    let invalid = |reason: String| EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.is_dir() {
+        return Err(invalid(
+            "is a directory; this backend loads one GGUF file".into(),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(invalid(
+            "not a GGUF file (no GGUF magic at its start)".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +86,28 @@ mod tests {
             resolve(&opts("m.gguf", "", "")).unwrap(),
             PathBuf::from("m.gguf")
         );
+    }
+
+    #[test]
+    fn gguf_check_names_the_problem() {
+        let dir = std::env::temp_dir();
+        assert!(matches!(
+            check_gguf_file(&dir),
+            Err(EngineError::InvalidModel { .. })
+        ));
+        let missing = dir.join("no-such-model-file.gguf");
+        assert!(matches!(
+            check_gguf_file(&missing),
+            Err(EngineError::ModelNotFound(_))
+        ));
+        let text = dir.join(format!("not-gguf-{}.gguf", std::process::id()));
+        std::fs::write(&text, b"text").unwrap();
+        let result = check_gguf_file(&text);
+        std::fs::write(&text, b"GGUF\x03\x00").unwrap();
+        let ok = check_gguf_file(&text);
+        std::fs::remove_file(&text).unwrap();
+        assert!(matches!(result, Err(EngineError::InvalidModel { .. })));
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -1,5 +1,4 @@
 //! [`LlamaEngine`]: the llama.cpp implementation of the shared [`Engine`] trait.
-use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,31 +66,6 @@ impl LlamaEngine {
         // Dropped outside the lock: joining the decode thread may take a step.
         drop(previous);
     }
-}
-
-/// Checks that `path` is a readable GGUF file before llama.cpp sees it.
-fn check_gguf(path: &Path) -> Result<(), EngineError> {
-    let meta =
-        std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
-    let invalid = |reason: String| EngineError::InvalidModel {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if meta.is_dir() {
-        return Err(invalid(
-            "is a directory; this backend loads one GGUF file".into(),
-        ));
-    }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
-    if &magic != b"GGUF" {
-        return Err(invalid(
-            "not a GGUF file (no GGUF magic at its start)".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn kv_type(t: CacheType) -> KvCacheType {
@@ -191,7 +165,7 @@ impl Engine for LlamaEngine {
         for note in &settings.ignored {
             tracing::warn!("{note}");
         }
-        check_gguf(&settings.path)?;
+        backend_common::model_path::check_gguf_file(&settings.path)?;
         if let Some((lora, _)) = &settings.lora
             && !lora.is_file()
         {
@@ -392,7 +366,7 @@ pub fn model_info(model: &LlamaModel, context_length: u32) -> ModelInfo {
 
 /// Loads only the vocabulary and metadata of a GGUF (no weights), for the prompt dry-run.
 pub fn load_vocab_only(path: &Path) -> Result<(LlamaBackend, LlamaModel), EngineError> {
-    check_gguf(path)?;
+    backend_common::model_path::check_gguf_file(path)?;
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let backend = LlamaBackend::init()
         .map_err(|e| EngineError::Internal(format!("cannot initialise llama.cpp: {e}")))?;

@@ -3,8 +3,6 @@
 //! One request generates at a time (a lock around the decode loop); continuous batching of
 //! concurrent requests through [`Model::forward`]'s batches is the scheduler's job, a later
 //! step that needs no change to the model code.
-use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -77,31 +75,6 @@ fn internal(e: ModelError) -> EngineError {
     EngineError::Internal(e.to_string())
 }
 
-/// Checks that `path` is a readable GGUF file, naming what is wrong otherwise.
-fn check_model_path(path: &Path) -> Result<(), EngineError> {
-    let meta =
-        std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
-    let invalid = |reason: String| EngineError::InvalidModel {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if meta.is_dir() {
-        return Err(invalid(
-            "is a directory; this build loads GGUF files only (Hugging Face folders are not supported yet)".into(),
-        ));
-    }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
-    if &magic != b"GGUF" {
-        return Err(invalid(
-            "not a GGUF file (no GGUF magic at its start)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Total memory of the machine, from `/proc/meminfo` (None where it cannot be read).
 fn machine_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -115,7 +88,7 @@ impl Engine for CandleEngine {
         let started = Instant::now();
         let settings = LoadSettings::from_request(request)?;
         let path = settings.path.clone();
-        check_model_path(&path)?;
+        backend_common::model_path::check_gguf_file(&path)?;
         let invalid = |reason: String| EngineError::InvalidModel {
             path: path.clone(),
             reason,
