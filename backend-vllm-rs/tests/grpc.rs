@@ -4,27 +4,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backend_common::pb::status_response::State;
-use backend_common::pb::{HealthMessage, Message, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{HealthMessage, Message, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
+use e2e_backends::testing::{collect, model, raw, text};
 use e2e_backends::worker::Worker;
 use tonic::Code;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_backend-vllm-rs");
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-
-fn model(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-models.sh (or make models) first",
-        path.display()
-    );
-    path
-}
 
 async fn start(binary: &Path) -> Worker {
     Worker::start(binary, &[], None, Duration::from_secs(30))
@@ -67,31 +55,6 @@ fn chat(user: &str, tokens: i32) -> PredictOptions {
         temperature: 0.0,
         ..Default::default()
     }
-}
-
-fn raw(prompt: &str, tokens: i32) -> PredictOptions {
-    PredictOptions {
-        prompt: prompt.into(),
-        tokens,
-        temperature: 0.0,
-        ..Default::default()
-    }
-}
-
-async fn collect(client: &mut Client, req: PredictOptions) -> Vec<Reply> {
-    let mut stream = client.predict_stream(req).await.unwrap().into_inner();
-    let mut replies = Vec::new();
-    while let Some(r) = stream.message().await.unwrap() {
-        replies.push(r);
-    }
-    replies
-}
-
-fn text(replies: &[Reply]) -> String {
-    replies
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.message).into_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,6 @@
 //! Our model code against candle-transformers' reference implementations on the same GGUF
 //! weights (logits, max abs diff reported; run with `CANDLE_DEQUANTIZE_ALL=1` for the exact
 //! f32 comparison), and batching against one-by-one runs.
-use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -16,21 +15,8 @@ const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
-fn model_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-models.sh first",
-        path.display()
-    );
-    path
-}
-
 fn ours(name: &str) -> Result<(Model, ModelTokenizer)> {
-    let mut file = GgufFile::open(&model_path(name))?;
+    let mut file = GgufFile::open(&e2e_backends::testing::model(name))?;
     let header = file.header()?;
     let tokenizer = ModelTokenizer::new(&header.vocab)?;
     let weights = file.weights(&header.config, &Device::Cpu)?;
@@ -102,7 +88,7 @@ fn compare(name: &str, reference: impl FnMut(&Tensor, usize) -> Result<Tensor>) 
 
 #[test]
 fn qwen2_logits_match_candle_transformers() -> Result<()> {
-    let path = model_path(QWEN);
+    let path = e2e_backends::testing::model(QWEN);
     let mut file = std::fs::File::open(&path)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
     let mut reference = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
@@ -111,7 +97,7 @@ fn qwen2_logits_match_candle_transformers() -> Result<()> {
 
 #[test]
 fn llama_logits_match_candle_transformers() -> Result<()> {
-    let path = model_path(SMOLLM2);
+    let path = e2e_backends::testing::model(SMOLLM2);
     let mut file = std::fs::File::open(&path)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
     let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;

@@ -7,4 +7,5 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod junit;
+pub mod testing;
 pub mod worker;
