@@ -90,6 +90,30 @@ pub struct ToolCallConstraint {
     pub schema: serde_json::Value,
     /// Literal text after the call object.
     pub suffix: String,
+    /// `ToolChoice` "auto": where a call may begin; the constraint applies only from there
+    /// on, to one or more calls, and the model is free before it. `None`: the whole output
+    /// is exactly one call.
+    pub lazy: Option<CallStart>,
+}
+
+/// Where a lazily constrained ("auto") tool call may begin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallStart {
+    /// The literal opener (`<tool_call>`): from its first appearance on, the output is calls
+    /// (`prefix`, object, `suffix`).
+    pub opener: String,
+    /// A bare call object (`{"name": ...`) at the very start of the output is a call too
+    /// (the parser reads one naming a request tool as a call).
+    pub bare_object_at_start: bool,
+}
+
+/// What an Embedding call embeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedInput {
+    /// `Embeddings` (or `Prompt` when that is empty), tokenized with BOS.
+    Text(String),
+    /// `EmbeddingTokens`: token ids, used as given.
+    Tokens(Vec<i32>),
 }
 
 /// One generation request, validated.
@@ -105,7 +129,8 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// A GBNF grammar constraining the output, if any.
     pub grammar: Option<String>,
-    /// The tool call the output must be (`ToolChoice` "required" or a named function);
+    /// The tool call the output must be (`ToolChoice` "required" or a named function), or
+    /// must be once the model opens one ("auto", see [`ToolCallConstraint::lazy`]);
     /// never set together with `grammar`.
     pub tool_call: Option<ToolCallConstraint>,
     /// Number of top alternatives to report per token when logprobs are requested.
@@ -201,8 +226,8 @@ pub trait Engine: Send + Sync + 'static {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError>;
-    /// An embedding of `text` (for models loaded with `Embeddings`).
-    fn embed(&self, _text: &str) -> Result<Vec<f32>, EngineError> {
+    /// An embedding of text or of token ids (for models loaded with `Embeddings`).
+    fn embed(&self, _input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
         Err(EngineError::Unimplemented("Embedding"))
     }
     /// Memory the engine holds, by part.

@@ -14,7 +14,8 @@ use tracing::info_span;
 use crate::chat::ChatSetup;
 use crate::cli::ServeArgs;
 use crate::engine::{
-    Engine, EngineError, Flow, GeneratedToken, GenerationRequest, LoadRequest, TokenSink,
+    EmbedInput, Engine, EngineError, Flow, GeneratedToken, GenerationRequest, LoadRequest,
+    TokenSink,
 };
 use crate::options::{OptionError, Options};
 use crate::parsers::ChatParser;
@@ -116,6 +117,10 @@ impl<E: Engine> BackendService<E> {
         let prepared = chat.prepare(req)?;
         let mut generation = generation_request(req, prepared.prompt).map_err(EngineError::from)?;
         if let Some(call) = prepared.tool_call {
+            if generation.grammar.is_some() && call.lazy.is_some() {
+                // "auto": the request's own grammar decides the whole output.
+                return Ok((generation, prepared.parser));
+            }
             if generation.grammar.is_some() {
                 return Err(EngineError::InvalidArgument(
                     "Grammar and a forced ToolChoice both constrain the output; send one of them (a forced call brings its own grammar)".into(),
@@ -345,10 +350,13 @@ impl<E: Engine> Backend for BackendService<E> {
     ) -> Result<Response<pb::EmbeddingResult>, Status> {
         let req = request.into_inner();
         let span = self.span("Embedding", &req.correlation_id);
-        let text = if req.embeddings.is_empty() {
-            req.prompt
+        // LocalAI sends token ids when the client did (OpenAI's `input` as integers).
+        let input = if !req.embedding_tokens.is_empty() {
+            EmbedInput::Tokens(req.embedding_tokens)
+        } else if req.embeddings.is_empty() {
+            EmbedInput::Text(req.prompt)
         } else {
-            req.embeddings
+            EmbedInput::Text(req.embeddings)
         };
         let _busy = self.state.busy();
         let embeddings = self
@@ -356,7 +364,7 @@ impl<E: Engine> Backend for BackendService<E> {
                 if !engine.is_loaded() {
                     return Err(EngineError::NotLoaded);
                 }
-                engine.embed(&text)
+                engine.embed(&input)
             })
             .await?;
         Ok(Response::new(pb::EmbeddingResult { embeddings }))

@@ -11,8 +11,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
-    Engine, EngineError, FinishReason, Flow, GenerationRequest, GenerationStats, LoadRequest,
-    MemoryReport, ModelInfo, TokenSink,
+    EmbedInput, Engine, EngineError, FinishReason, Flow, GenerationRequest, GenerationStats,
+    LoadRequest, MemoryReport, ModelInfo, TokenSink,
 };
 
 use backend_common::template::{SpecialTokens, TemplateSource};
@@ -318,20 +318,32 @@ impl Engine for LlamaEngine {
         ))
     }
 
-    fn embed(&self, text: &str) -> Result<Vec<f32>, EngineError> {
+    fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
         let loaded = self.current()?;
         if !loaded.settings.embeddings {
             return Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into()));
         }
-        if text.is_empty() {
-            return Err(EngineError::InvalidArgument(
-                "Embeddings and Prompt are both empty; send the text to embed".into(),
-            ));
-        }
-        let tokens = tokenize(&loaded.model, text, true);
+        let tokens = match input {
+            EmbedInput::Text(text) if text.is_empty() => {
+                return Err(EngineError::InvalidArgument(
+                    "Embeddings, EmbeddingTokens and Prompt are all empty; send the text to embed"
+                        .into(),
+                ));
+            }
+            EmbedInput::Text(text) => tokenize(&loaded.model, text, true),
+            EmbedInput::Tokens(ids) => {
+                let n_vocab = loaded.model.n_vocab();
+                if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= n_vocab) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "EmbeddingTokens: token id {bad} is outside the vocabulary (0..{n_vocab})"
+                    )));
+                }
+                ids.iter().map(|&id| LlamaToken(id)).collect()
+            }
+        };
         if tokens.len() > loaded.context_per_slot as usize {
             return Err(EngineError::InvalidArgument(format!(
-                "the text has {} tokens but an embedding takes at most {}; shorten it or load with a larger ContextSize",
+                "the input has {} tokens but an embedding takes at most {}; shorten it or load with a larger ContextSize",
                 tokens.len(),
                 loaded.context_per_slot
             )));

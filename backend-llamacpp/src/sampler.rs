@@ -13,6 +13,13 @@ use backend_common::engine::{EngineError, GenerationRequest, ToolCallConstraint}
 /// object's own rule `root`, which this one wraps in the parser's literal text.
 const FORCED_CALL_ROOT: &str = "forced-call";
 
+/// Root rule of the lazy ("auto") grammar: one or more calls, newlines between them.
+const LAZY_CALLS_ROOT: &str = "tool-calls";
+/// One call of the lazy grammar: wrapped in the format's literals, or a bare object.
+const LAZY_CALL: &str = "tool-call";
+/// A bare call object opening the output (the capture is where the grammar starts).
+const BARE_CALL_AT_START: &str = r#"^\s*(\{\s*"name")"#;
+
 /// Builds the sampler for one request. `eog` lists the end-of-generation tokens (banned
 /// when the request ignores EOS); `default_seed` applies when the request sends none.
 pub fn build(
@@ -52,11 +59,35 @@ pub fn build(
         chain.push(sampler);
     } else if let Some(call) = &request.tool_call {
         let grammar = tool_call_grammar(call)?;
-        let sampler = LlamaSampler::grammar(model, &grammar, FORCED_CALL_ROOT).map_err(|e| {
+        let rejected = |e| {
             EngineError::InvalidArgument(format!(
-                "Tools: the forced tool call's grammar was rejected by llama.cpp ({e}); check the tool's parameters schema"
+                "Tools: the tool call's grammar was rejected by llama.cpp ({e}); check the tool's parameters schema"
             ))
-        })?;
+        };
+        let sampler = match &call.lazy {
+            Some(start) => {
+                // llama.cpp feeds the grammar the output from the trigger's match on, so each
+                // alternative of a call starts with what its trigger matches.
+                let mut patterns = vec![regex_escape(&start.opener)];
+                let one = if start.bare_object_at_start {
+                    patterns.push(BARE_CALL_AT_START.to_string());
+                    format!("{FORCED_CALL_ROOT} | root")
+                } else {
+                    FORCED_CALL_ROOT.to_string()
+                };
+                LlamaSampler::grammar_lazy_patterns(
+                    model,
+                    &format!(
+                        "{LAZY_CALLS_ROOT} ::= {LAZY_CALL} (\"\\n\"* {LAZY_CALL})*\n{LAZY_CALL} ::= {one}\n{grammar}"
+                    ),
+                    LAZY_CALLS_ROOT,
+                    &patterns,
+                    &[],
+                )
+            }
+            None => LlamaSampler::grammar(model, &grammar, FORCED_CALL_ROOT),
+        }
+        .map_err(rejected)?;
         chain.push(sampler);
     }
     if p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
@@ -116,6 +147,18 @@ fn tool_call_grammar(call: &ToolCallConstraint) -> Result<String, EngineError> {
     Ok(format!("{rule}\n{object}"))
 }
 
+/// `text` as a literal ECMAScript regular expression (llama.cpp's trigger patterns).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `text` as a GBNF string literal; `None` for empty text (GBNF has no empty literal).
 fn gbnf_literal(text: &str) -> Option<String> {
     if text.is_empty() {
@@ -150,6 +193,13 @@ mod tests {
     }
 
     #[test]
+    fn trigger_literals_are_escaped() {
+        assert_eq!(regex_escape("<tool_call>"), "<tool_call>");
+        assert_eq!(regex_escape("functools["), "functools\\[");
+        assert_eq!(regex_escape("a.b*c"), "a\\.b\\*c");
+    }
+
+    #[test]
     fn forced_call_wraps_the_schema_rule() {
         let call = ToolCallConstraint {
             prefix: "<tool_call>\n".into(),
@@ -159,6 +209,7 @@ mod tests {
                 "required": ["name"],
             }),
             suffix: String::new(),
+            lazy: None,
         };
         let grammar = tool_call_grammar(&call).unwrap();
         assert!(

@@ -823,6 +823,52 @@ async fn forced_tool_choice_makes_qwen_call_a_tool() {
     );
 }
 
+/// A tool whose schema Qwen does not follow on its own (it writes "Paris" or "Paris, France"
+/// for the location): a location of three capitals.
+const STRICT_TOOL: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "pattern": "^[A-Z]{3}$"}, "unit": {"type": "string", "enum": ["kelvin"]}}, "required": ["location", "unit"]}}}]"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_tool_choice_constrains_a_call_once_the_model_opens_one() {
+    let (_worker, mut client) = started_with(QWEN).await;
+    let request = PredictOptions {
+        tools: STRICT_TOOL.into(),
+        ..weather_request()
+    };
+    let unary = client.predict(request.clone()).await.unwrap().into_inner();
+    let (name, arguments) = single_call(std::slice::from_ref(&unary));
+    assert_eq!(name, "get_weather");
+    // The lazy grammar took over where the call began: the schema holds.
+    assert_eq!(arguments["unit"], "kelvin", "{arguments}");
+    let location = arguments["location"].as_str().unwrap_or_default();
+    assert!(
+        location.len() == 3 && location.chars().all(|c| c.is_ascii_uppercase()),
+        "{arguments}"
+    );
+    let streamed = collect(&mut client, request).await;
+    assert_eq!(single_call(&streamed), (name, arguments));
+    // Before any call the model stays free: a question that needs no tool gets prose.
+    let prose = client
+        .predict(PredictOptions {
+            messages: vec![Message {
+                role: "user".into(),
+                content: "Write one sentence about the history of the Eiffel Tower.".into(),
+                ..Default::default()
+            }],
+            tools: STRICT_TOOL.into(),
+            tokens: 40,
+            ..weather_request()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let content = String::from_utf8_lossy(&prose.message);
+    assert!(content.contains("Eiffel"), "{content:?}");
+    assert!(
+        prose.chat_deltas.iter().all(|d| d.tool_calls.is_empty()),
+        "{prose:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forced_tool_choice_errors_name_the_problem() {
     let (worker, mut client) = started_with(QWEN).await;
@@ -916,8 +962,38 @@ async fn embeddings_are_pooled_normalised_and_meaningful() {
         cosine(&cat, &kitten),
         cosine(&cat, &finance)
     );
+    let mut client = client.clone();
     let e = client.embedding(text("")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // EmbeddingTokens (token ids, as LocalAI forwards an integer `input`) embed those ids:
+    // the text's own ids give the text's embedding.
+    let ids = client
+        .tokenize_string(PredictOptions {
+            prompt: "The cat sat on the mat.".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let by_ids = embed(PredictOptions {
+        embedding_tokens: ids.clone(),
+        embeddings: "ignored when ids are sent".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(cosine(&by_ids, &cat) > 0.9999, "{}", cosine(&by_ids, &cat));
+    for bad in [vec![-1], vec![ids[0], 1 << 30]] {
+        let e = client
+            .embedding(PredictOptions {
+                embedding_tokens: bad,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("EmbeddingTokens"), "{e}");
+    }
     // Generation still works on a model loaded for embeddings.
     assert_eq!(
         client

@@ -180,7 +180,10 @@ impl Engine for CandleEngine {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError> {
-        if request.grammar.is_some() || request.tool_call.is_some() {
+        // A lazy constraint ("auto") is a safeguard this engine does without; a forced one
+        // or a grammar would be silently ignored, so they are refused.
+        let forced_call = request.tool_call.as_ref().is_some_and(|c| c.lazy.is_none());
+        if request.grammar.is_some() || forced_call {
             return Err(EngineError::Unimplemented(
                 "constrained decoding (Grammar, forced ToolChoice)",
             ));

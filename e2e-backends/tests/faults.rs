@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backend_common::engine::{
-    Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
-    LoadRequest, ModelInfo, TokenLogprob, TokenSink,
+    EmbedInput, Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest,
+    GenerationStats, LoadRequest, ModelInfo, TokenLogprob, TokenSink,
 };
 use backend_common::pb::backend_server::{Backend, BackendServer};
 use backend_common::pb::status_response::State;
@@ -284,7 +284,11 @@ impl Engine for ScriptEngine {
         })
     }
 
-    fn embed(&self, text: &str) -> Result<Vec<f32>, EngineError> {
+    fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
+        let text = match input {
+            EmbedInput::Text(text) => text.clone(),
+            EmbedInput::Tokens(ids) => ids.iter().map(|id| id.to_string()).collect(),
+        };
         let mut v = vec![0.0f32; 8];
         for (i, c) in text.chars().enumerate() {
             v[i % 8] += (c as u32 % 97) as f32 / 97.0;

@@ -1,12 +1,14 @@
-//! Forced tool calls: the exact shape the output must take when `ToolChoice` demands a call.
+//! Tool-call constraints: the exact shape the output must take when `ToolChoice` demands a
+//! call, and the shape a call must keep once the model starts one on its own (`auto`).
 //!
 //! How a call is written depends on the model's tool parser, so the shape is decided here,
 //! next to the parsers; an engine with constrained decoding turns the description into its
-//! own grammar format (llama.cpp: GBNF through its JSON-schema converter).
+//! own grammar format (llama.cpp: GBNF through its JSON-schema converter, lazily applied
+//! from where a call begins for `auto`).
 use serde_json::{Value, json};
 
 use super::ToolChoice;
-use crate::engine::{EngineError, ToolCallConstraint};
+use crate::engine::{CallStart, EngineError, ToolCallConstraint};
 use crate::parsers::{ToolParserKind, ToolSpec};
 
 /// How one tool parser family writes a single call.
@@ -17,6 +19,8 @@ struct CallFormat {
     arguments_key: &'static str,
     /// Literal text after the call object.
     suffix: &'static str,
+    /// The parser also reads a bare call object (no prefix) as a call.
+    bare_object: bool,
 }
 
 /// Parsers whose call syntax is plain text around one JSON object; the others either use
@@ -39,13 +43,18 @@ fn call_format(kind: ToolParserKind) -> Option<CallFormat> {
             prefix,
             arguments_key,
             suffix,
+            bare_object: false,
         })
     };
     match kind {
         // The Hermes/Qwen templates ask for exactly this layout.
-        Hermes | LlamacppHermes2Pro | Granite4 | Xlam => {
-            format("<tool_call>\n", "arguments", "\n</tool_call>")
-        }
+        // With request tools the Hermes parsers also read a bare object naming one (Qwen2.5
+        // often writes one without the tags).
+        Hermes | LlamacppHermes2Pro | Granite4 => Some(CallFormat {
+            bare_object: true,
+            ..format("<tool_call>\n", "arguments", "\n</tool_call>")?
+        }),
+        Xlam => format("<tool_call>\n", "arguments", "\n</tool_call>"),
         // Llama 3.x templates ask for `parameters`.
         Llama3Json => format("", "parameters", ""),
         Phi4MiniJson => format("functools[", "arguments", "]"),
@@ -82,14 +91,17 @@ fn forceable_names() -> String {
 }
 
 /// The constraint that makes the output the call `choice` demands, written the way `parser`
-/// reads it; `None` when the choice leaves the model free ("auto", "none").
+/// reads it. For "auto" it is lazy: the model writes what it likes until it opens a call
+/// (the format's prefix), and from there the call must be valid (`lazy` set); formats
+/// without a literal opener, parsers without a known format, and "none" get no constraint.
 pub(super) fn forced_tool_call(
     parser: Option<ToolParserKind>,
     tools: &[ToolSpec],
     choice: &ToolChoice,
 ) -> Result<Option<ToolCallConstraint>, EngineError> {
     let (wanted, shown): (Vec<&ToolSpec>, String) = match choice {
-        ToolChoice::Auto | ToolChoice::None => return Ok(None),
+        ToolChoice::None => return Ok(None),
+        ToolChoice::Auto => return Ok(lazy_tool_call(parser, tools)),
         ToolChoice::Required => (tools.iter().collect(), "\"required\"".into()),
         ToolChoice::Function(name) => (
             tools.iter().filter(|t| &t.name == name).collect(),
@@ -127,7 +139,38 @@ pub(super) fn forced_tool_call(
         prefix: format.prefix.to_string(),
         schema,
         suffix: format.suffix.to_string(),
+        lazy: None,
     }))
+}
+
+/// "auto": any of `tools`, constrained only once the model writes the format's opener.
+fn lazy_tool_call(
+    parser: Option<ToolParserKind>,
+    tools: &[ToolSpec],
+) -> Option<ToolCallConstraint> {
+    let format = call_format(parser?)?;
+    let opener = format.prefix.trim();
+    if opener.is_empty() || tools.is_empty() {
+        return None;
+    }
+    let mut calls: Vec<Value> = tools
+        .iter()
+        .map(|t| call_schema(t, format.arguments_key))
+        .collect();
+    let schema = if calls.len() == 1 {
+        calls.remove(0)
+    } else {
+        json!({ "anyOf": calls })
+    };
+    Some(ToolCallConstraint {
+        prefix: format.prefix.to_string(),
+        schema,
+        suffix: format.suffix.to_string(),
+        lazy: Some(CallStart {
+            opener: opener.to_string(),
+            bare_object_at_start: format.bare_object,
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -144,11 +187,52 @@ mod tests {
     }
 
     #[test]
-    fn free_choices_need_no_constraint() {
-        for choice in [ToolChoice::Auto, ToolChoice::None] {
-            let c = forced_tool_call(Some(ToolParserKind::Hermes), &tools(), &choice).unwrap();
-            assert_eq!(c, None);
+    fn none_needs_no_constraint() {
+        let c = forced_tool_call(Some(ToolParserKind::Hermes), &tools(), &ToolChoice::None);
+        assert_eq!(c.unwrap(), None);
+    }
+
+    #[test]
+    fn auto_constrains_a_call_only_once_it_is_opened() {
+        let c = forced_tool_call(Some(ToolParserKind::Hermes), &tools(), &ToolChoice::Auto)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.lazy,
+            Some(CallStart {
+                opener: "<tool_call>".into(),
+                bare_object_at_start: true
+            })
+        );
+        assert_eq!(c.schema["anyOf"].as_array().unwrap().len(), 2);
+        // No opener to wait for, no known format, no parser: no constraint, and no error.
+        for parser in [
+            Some(ToolParserKind::Llama3Json),
+            Some(ToolParserKind::KimiK2),
+            None,
+        ] {
+            let c = forced_tool_call(parser, &tools(), &ToolChoice::Auto).unwrap();
+            assert_eq!(c, None, "{parser:?}");
         }
+        let forced = forced_tool_call(
+            Some(ToolParserKind::Hermes),
+            &tools(),
+            &ToolChoice::Required,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(forced.lazy, None);
+        let phi = forced_tool_call(
+            Some(ToolParserKind::Phi4MiniJson),
+            &tools(),
+            &ToolChoice::Auto,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            phi.lazy.map(|l| (l.opener, l.bare_object_at_start)),
+            Some(("functools[".into(), false))
+        );
     }
 
     #[test]
