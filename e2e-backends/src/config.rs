@@ -21,6 +21,24 @@ pub enum Target {
     Binary(PathBuf),
     /// `BACKEND_ADDR`: a worker that is already running.
     Addr(String),
+    /// `BACKEND_IMAGE`: a local backend image, run as `BACKEND_IMAGE_RUN` says.
+    Image {
+        /// `NAME[:TAG]`.
+        reference: String,
+        /// How the image is run.
+        run: ImageRun,
+    },
+}
+
+/// How a backend image is run (`BACKEND_IMAGE_RUN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRun {
+    /// `container` (the default): a container, its port mapped to loopback, the model
+    /// folder mounted read-only.
+    Container,
+    /// `host`: LocalAI's way, the image's file system exported and `/run.sh --addr=...`
+    /// started on this machine.
+    Host,
 }
 
 /// Where the model comes from (LocalAI's three variables).
@@ -86,6 +104,9 @@ pub enum ConfigError {
     /// More than one target or model variable is set.
     #[error("set only one of {0}")]
     Conflict(&'static str),
+    /// `BACKEND_IMAGE_RUN` is neither `container` nor `host`.
+    #[error("BACKEND_IMAGE_RUN: `{0}` is not `container` or `host`")]
+    ImageRun(String),
 }
 
 impl Config {
@@ -96,9 +117,22 @@ impl Config {
             [
                 get("BACKEND_BINARY").map(|v| Target::Binary(PathBuf::from(v))),
                 get("BACKEND_ADDR").map(Target::Addr),
+                get("BACKEND_IMAGE").map(|reference| Target::Image {
+                    reference,
+                    run: ImageRun::Container,
+                }),
             ],
-            "BACKEND_BINARY and BACKEND_ADDR",
+            "BACKEND_BINARY, BACKEND_ADDR and BACKEND_IMAGE",
         )?;
+        let run = match get("BACKEND_IMAGE_RUN").as_deref().map(str::trim) {
+            None | Some("container") => ImageRun::Container,
+            Some("host") => ImageRun::Host,
+            Some(other) => return Err(ConfigError::ImageRun(other.to_string())),
+        };
+        let target = target.map(|t| match t {
+            Target::Image { reference, .. } => Target::Image { reference, run },
+            other => other,
+        });
         let model = one_of(
             [
                 get("BACKEND_TEST_MODEL_FILE").map(|v| ModelSource::File(PathBuf::from(v))),
@@ -239,6 +273,38 @@ mod tests {
         assert!(matches!(
             config(&[("BACKEND_TEST_CTX_SIZE", "-1")]),
             Err(ConfigError::Number { .. })
+        ));
+        assert!(matches!(
+            config(&[("BACKEND_IMAGE", "a"), ("BACKEND_ADDR", "b")]),
+            Err(ConfigError::Conflict(_))
+        ));
+        assert!(matches!(
+            config(&[("BACKEND_IMAGE", "a"), ("BACKEND_IMAGE_RUN", "vm")]),
+            Err(ConfigError::ImageRun(r)) if r == "vm"
+        ));
+    }
+
+    #[test]
+    fn images_run_as_containers_unless_told() {
+        let c = config(&[("BACKEND_IMAGE", "localai-rs/llama-cpp:dev")]).unwrap();
+        assert_eq!(
+            c.target,
+            Some(Target::Image {
+                reference: "localai-rs/llama-cpp:dev".into(),
+                run: ImageRun::Container
+            })
+        );
+        let c = config(&[
+            ("BACKEND_IMAGE", "localai-rs/llama-cpp:dev"),
+            ("BACKEND_IMAGE_RUN", "host"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.target,
+            Some(Target::Image {
+                run: ImageRun::Host,
+                ..
+            })
         ));
     }
 }

@@ -1,15 +1,16 @@
 //! What the trials share: the configuration, one async runtime, the worker under test (started
 //! on first use and kept for all trials, as LocalAI's harness does) and the model it has loaded.
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backend_common::pb::{self, ModelOptions, PredictOptions};
 use tokio::sync::Mutex;
 
 use crate::caps::CheckError;
-use crate::client::{Client, connect};
-use crate::config::{Config, ModelSource, Target};
+use crate::client::{Client, ConnectError, connect};
+use crate::config::{Config, ImageRun, ModelSource, Target};
+use crate::container::{ContainerLaunch, ContainerWorker, MODELS_MOUNT, export_rootfs};
 use crate::worker::{Launch, Worker};
 
 /// The shared state of one harness run.
@@ -20,14 +21,62 @@ pub struct Context {
     pub verbose: bool,
     runtime: tokio::runtime::Runtime,
     state: Mutex<State>,
+    /// The model file on this machine, once known (downloaded at most once).
+    host_model: Mutex<Option<HostModel>>,
+    /// `BACKEND_IMAGE_RUN=host`: the image's file system, exported once.
+    rootfs: Mutex<Option<tempfile::TempDir>>,
 }
 
 #[derive(Default)]
 struct State {
-    worker: Option<Worker>,
+    worker: Option<Started>,
     /// The options the worker's model was loaded with, when one is loaded by us.
     loaded: Option<LoadKey>,
-    model: Option<ResolvedModel>,
+}
+
+/// A worker the harness started: a process (a binary, or an image's `run.sh` on this
+/// machine) or a container.
+pub enum Started {
+    /// A process on this machine.
+    Process(Box<Worker>),
+    /// A container of the image.
+    Container(Box<ContainerWorker>),
+}
+
+impl Started {
+    /// The `HOST:PORT` it answers on.
+    pub fn addr(&self) -> &str {
+        match self {
+            Started::Process(w) => &w.addr,
+            Started::Container(c) => &c.addr,
+        }
+    }
+
+    /// A client for it.
+    pub async fn client(&self, token: Option<&str>) -> Result<Client, ConnectError> {
+        connect(self.addr(), token).await
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after `grace` for processes; the container is removed).
+    pub async fn stop(self, grace: Duration) {
+        match self {
+            Started::Process(w) => {
+                let _ = w.stop(grace).await;
+            }
+            Started::Container(c) => {
+                let _ = c.stop().await;
+            }
+        }
+    }
+}
+
+/// The model as this machine has it.
+#[derive(Debug, Clone)]
+enum HostModel {
+    /// A file (given, or downloaded).
+    File(PathBuf),
+    /// `BACKEND_TEST_MODEL_NAME`: only a name.
+    Name(String),
 }
 
 /// What a load was made with, to know whether the worker holds the default model.
@@ -57,6 +106,8 @@ impl Context {
             verbose,
             runtime,
             state: Mutex::new(State::default()),
+            host_model: Mutex::new(None),
+            rootfs: Mutex::new(None),
         })
     }
 
@@ -72,9 +123,12 @@ impl Context {
         }
     }
 
-    /// Whether the target is a binary the harness can start more copies of.
+    /// Whether the target is a binary or image the harness can start more copies of.
     pub fn can_spawn(&self) -> bool {
-        matches!(self.config.target, Some(Target::Binary(_)))
+        matches!(
+            self.config.target,
+            Some(Target::Binary(_) | Target::Image { .. })
+        )
     }
 
     /// The address of the worker under test, starting it on first use.
@@ -89,7 +143,7 @@ impl Context {
                 "no target: set BACKEND_BINARY or BACKEND_ADDR".into(),
             )),
             Some(Target::Addr(addr)) => Ok(addr.clone()),
-            Some(Target::Binary(_)) => {
+            Some(Target::Binary(_) | Target::Image { .. }) => {
                 if state.worker.is_none() {
                     let env: Vec<(&str, &str)> = self
                         .config
@@ -102,7 +156,7 @@ impl Context {
                 Ok(state
                     .worker
                     .as_ref()
-                    .map(|w| w.addr.clone())
+                    .map(|w| w.addr().to_string())
                     .unwrap_or_default())
             }
         }
@@ -115,31 +169,95 @@ impl Context {
         &self,
         env: &[(&str, &str)],
         token: Option<&str>,
-    ) -> Result<Option<Worker>, CheckError> {
+    ) -> Result<Option<Started>, CheckError> {
         if !self.can_spawn() {
             return Ok(None);
         }
         Ok(Some(self.spawn(env, token).await?))
     }
 
-    async fn spawn(&self, env: &[(&str, &str)], token: Option<&str>) -> Result<Worker, CheckError> {
-        let Some(Target::Binary(binary)) = &self.config.target else {
-            return Err(CheckError::Setup("the target is not a binary".into()));
-        };
+    async fn spawn(
+        &self,
+        env: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Result<Started, CheckError> {
+        match &self.config.target {
+            Some(Target::Binary(binary)) => self.spawn_process(binary, env, token, false).await,
+            Some(Target::Image {
+                reference,
+                run: ImageRun::Host,
+            }) => {
+                let run_sh = self.exported(reference).await?;
+                self.spawn_process(&run_sh, env, token, true).await
+            }
+            Some(Target::Image {
+                reference,
+                run: ImageRun::Container,
+            }) => {
+                let models = match self.host_model().await? {
+                    HostModel::File(file) => file.parent().map(Path::to_path_buf),
+                    HostModel::Name(_) => None,
+                };
+                let worker = ContainerWorker::start(ContainerLaunch {
+                    image: reference,
+                    env,
+                    models: models.as_deref(),
+                    token,
+                    timeout: self.config.startup_timeout,
+                })
+                .await
+                .map_err(|e| CheckError::Setup(format!("BACKEND_IMAGE {reference}: {e}")))?;
+                Ok(Started::Container(Box::new(worker)))
+            }
+            _ => Err(CheckError::Setup(
+                "the target is neither a binary nor an image".into(),
+            )),
+        }
+    }
+
+    async fn spawn_process(
+        &self,
+        binary: &Path,
+        env: &[(&str, &str)],
+        token: Option<&str>,
+        addr_equals: bool,
+    ) -> Result<Started, CheckError> {
         let log = if self.verbose {
             None
         } else {
             Some(worker_log()?)
         };
-        Ok(Worker::launch(Launch {
-            binary,
-            env,
-            token,
-            timeout: self.config.startup_timeout,
-            any_health: true,
-            log,
-        })
-        .await?)
+        Ok(Started::Process(Box::new(
+            Worker::launch(Launch {
+                binary,
+                env,
+                token,
+                timeout: self.config.startup_timeout,
+                any_health: true,
+                log,
+                addr_equals,
+            })
+            .await?,
+        )))
+    }
+
+    /// `run.sh` of the image's file system, exported on first use.
+    async fn exported(&self, reference: &str) -> Result<PathBuf, CheckError> {
+        let mut rootfs = self.rootfs.lock().await;
+        if rootfs.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("e2e-backends-rootfs-")
+                .tempdir()
+                .map_err(|e| CheckError::Setup(format!("a folder for the image: {e}")))?;
+            export_rootfs(reference, dir.path())
+                .await
+                .map_err(|e| CheckError::Setup(format!("BACKEND_IMAGE {reference}: {e}")))?;
+            *rootfs = Some(dir);
+        }
+        Ok(rootfs
+            .as_ref()
+            .map(|d| d.path().join("run.sh"))
+            .unwrap_or_default())
     }
 
     /// A client of the worker under test, with the configured token.
@@ -230,42 +348,66 @@ impl Context {
     }
 
     async fn resolve_model(&self) -> Result<ResolvedModel, CheckError> {
-        let mut state = self.state.lock().await;
-        if let Some(model) = &state.model {
+        let in_container = matches!(
+            self.config.target,
+            Some(Target::Image {
+                run: ImageRun::Container,
+                ..
+            })
+        );
+        Ok(match self.host_model().await? {
+            HostModel::Name(name) => ResolvedModel {
+                model: name,
+                model_file: String::new(),
+                model_path: String::new(),
+            },
+            HostModel::File(file) => {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if in_container {
+                    // The file's folder is mounted read-only at /models.
+                    ResolvedModel {
+                        model_file: format!("{MODELS_MOUNT}/{name}"),
+                        model_path: MODELS_MOUNT.to_string(),
+                        model: name,
+                    }
+                } else {
+                    ResolvedModel {
+                        model: name,
+                        model_file: file.display().to_string(),
+                        model_path: file
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                    }
+                }
+            }
+        })
+    }
+
+    /// The model as this machine has it, downloading `BACKEND_TEST_MODEL_URL` once.
+    async fn host_model(&self) -> Result<HostModel, CheckError> {
+        let mut cached = self.host_model.lock().await;
+        if let Some(model) = &*cached {
             return Ok(model.clone());
         }
-        let file = match &self.config.model {
+        let model = match &self.config.model {
             None => {
                 return Err(CheckError::Setup(
                     "no model: set BACKEND_TEST_MODEL_FILE, BACKEND_TEST_MODEL_URL or BACKEND_TEST_MODEL_NAME".into(),
                 ));
             }
-            Some(ModelSource::Name(name)) => {
-                let model = ResolvedModel {
-                    model: name.clone(),
-                    model_file: String::new(),
-                    model_path: String::new(),
-                };
-                state.model = Some(model.clone());
-                return Ok(model);
+            Some(ModelSource::Name(name)) => HostModel::Name(name.clone()),
+            Some(ModelSource::File(path)) => {
+                HostModel::File(std::fs::canonicalize(path).map_err(|e| {
+                    CheckError::Setup(format!("BACKEND_TEST_MODEL_FILE {}: {e}", path.display()))
+                })?)
             }
-            Some(ModelSource::File(path)) => std::fs::canonicalize(path).map_err(|e| {
-                CheckError::Setup(format!("BACKEND_TEST_MODEL_FILE {}: {e}", path.display()))
-            })?,
-            Some(ModelSource::Url(url)) => download(url).await?,
+            Some(ModelSource::Url(url)) => HostModel::File(download(url).await?),
         };
-        let model = ResolvedModel {
-            model: file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            model_file: file.display().to_string(),
-            model_path: file
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        };
-        state.model = Some(model.clone());
+        *cached = Some(model.clone());
         Ok(model)
     }
 
@@ -285,7 +427,7 @@ impl Context {
     pub fn shutdown(&self) {
         self.block_on(async {
             if let Some(worker) = self.state.lock().await.worker.take() {
-                let _ = worker.stop(Duration::from_secs(10)).await;
+                worker.stop(Duration::from_secs(10)).await;
             }
         });
     }

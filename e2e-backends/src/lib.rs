@@ -5,7 +5,9 @@
 pub mod caps;
 pub mod client;
 pub mod config;
+pub mod container;
 pub mod context;
+pub mod image;
 pub mod junit;
 pub mod testing;
 pub mod worker;

@@ -61,6 +61,9 @@ pub struct Launch<'a> {
     pub any_health: bool,
     /// Where the worker's stdout and stderr go; ours when `None`.
     pub log: Option<std::fs::File>,
+    /// Pass the address as one argument, `--addr=HOST:PORT`, as LocalAI's harness starts
+    /// `run.sh`, instead of `--addr HOST:PORT` as LocalAI itself does.
+    pub addr_equals: bool,
 }
 
 impl Worker {
@@ -79,6 +82,7 @@ impl Worker {
             timeout,
             any_health: false,
             log: None,
+            addr_equals: false,
         })
         .await
     }
@@ -98,9 +102,13 @@ impl Worker {
             ),
             None => (Stdio::inherit(), Stdio::inherit()),
         };
-        let child = Command::new(launch.binary)
-            .arg("--addr")
-            .arg(&addr)
+        let mut command = Command::new(launch.binary);
+        if launch.addr_equals {
+            command.arg(format!("--addr={addr}"));
+        } else {
+            command.arg("--addr").arg(&addr);
+        }
+        let child = command
             .envs(launch.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)

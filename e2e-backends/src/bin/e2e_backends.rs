@@ -29,8 +29,8 @@ fn main() -> ExitCode {
     };
     if config.target.is_none() && !args.list {
         eprintln!(
-            "error: no worker to test: set BACKEND_BINARY (a worker binary, started with --addr) \
-             or BACKEND_ADDR (HOST:PORT of a running worker)"
+            "error: no worker to test: set BACKEND_IMAGE (a local backend image), BACKEND_BINARY \
+             (a worker binary, started with --addr) or BACKEND_ADDR (HOST:PORT of a running worker)"
         );
         return ExitCode::from(2);
     }

@@ -19,7 +19,7 @@ pub async fn auth(ctx: &Context) -> Result<Verdict, CheckError> {
         )
         .await?;
     let addr = match &fresh {
-        Some(worker) => worker.addr.clone(),
+        Some(worker) => worker.addr().to_string(),
         None if ctx.config.token.is_some() => ctx.addr().await?,
         None => {
             return Ok(Verdict::Ignored(
