@@ -5,9 +5,10 @@
 //! process and (b) a stream through our gRPC worker (the real binary on loopback), their
 //! ratio, and the worker's aggregate tokens/s at 1, 4 and 8 concurrent streams.
 //! Run: `cargo bench -p backend-llamacpp --bench throughput` (env `BENCH_THREADS`,
-//! `BENCH_MODEL`, `BENCH_ROUNDS`).
+//! `BENCH_MODEL`, `BENCH_ROUNDS`). `BENCH_VARIANTS=NAME=BINARY,...` also measures other
+//! builds of the worker (the image's llama.cpp variants) against this one, in the same run.
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -101,6 +102,27 @@ fn request(prompt: String, tokens: u32) -> PredictOptions {
     }
 }
 
+/// Starts `binary` and loads the model as every measured worker is loaded.
+async fn start_loaded(binary: &Path, model: &Path, threads: i32) -> Result<Worker> {
+    let worker = Worker::start(binary, &[("RUST_LOG", "warn")], None, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut client = worker.client(None).await?;
+    let loaded = client
+        .load_model(ModelOptions {
+            model_file: model.display().to_string(),
+            context_size: CONTEXT as i32,
+            n_batch: BATCH as i32,
+            threads,
+            options: vec!["parallel:8".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(loaded.success, "{}", loaded.message);
+    Ok(worker)
+}
+
 /// Streams through the worker; timings as the worker reports them on the last chunk.
 async fn worker_runs(worker: &Worker, rounds: usize) -> Result<Vec<Run>> {
     let mut client = worker.client(None).await?;
@@ -172,26 +194,7 @@ async fn main() -> Result<()> {
         tokio::task::spawn_blocking(move || direct_loop(&model, threads, rounds)).await??
     };
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_backend-llamacpp"));
-    let worker = Worker::start(
-        &binary,
-        &[("RUST_LOG", "warn")],
-        None,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let mut client = worker.client(None).await?;
-    let loaded = client
-        .load_model(ModelOptions {
-            model_file: model.display().to_string(),
-            context_size: CONTEXT as i32,
-            n_batch: BATCH as i32,
-            threads,
-            options: vec!["parallel:8".into()],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    anyhow::ensure!(loaded.success, "{}", loaded.message);
+    let worker = start_loaded(&binary, &model, threads).await?;
     let ours = worker_runs(&worker, rounds).await?;
 
     let prompt_tokens = direct[0].prompt_tokens;
@@ -226,5 +229,21 @@ async fn main() -> Result<()> {
         );
     }
     worker.stop(Duration::from_secs(10)).await?;
+
+    let variants = std::env::var("BENCH_VARIANTS").unwrap_or_default();
+    for spec in variants.split(',').filter(|s| !s.trim().is_empty()) {
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("BENCH_VARIANTS: `{spec}` is not NAME=BINARY"))?;
+        let variant = start_loaded(Path::new(path.trim()), &model, threads).await?;
+        let runs = worker_runs(&variant, rounds).await?;
+        variant.stop(Duration::from_secs(10)).await?;
+        let (vp, vd) = (best(&runs, Run::prefill_tps), best(&runs, Run::decode_tps));
+        println!(
+            "variant {name:<20} {vp:>14.1} {vd:>14.1}   ({:.3}x / {:.3}x this build)",
+            vp / wp,
+            vd / wd
+        );
+    }
     Ok(())
 }
