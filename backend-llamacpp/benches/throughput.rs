@@ -104,9 +104,14 @@ fn request(prompt: String, tokens: u32) -> PredictOptions {
 
 /// Starts `binary` and loads the model as every measured worker is loaded.
 async fn start_loaded(binary: &Path, model: &Path, threads: i32) -> Result<Worker> {
-    let worker = Worker::start(binary, &[("RUST_LOG", "warn")], None, Duration::from_secs(30))
-        .await
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let worker = Worker::start(
+        binary,
+        &[("RUST_LOG", "warn")],
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("starting {}", binary.display()))?;
     let mut client = worker.client(None).await?;
     let loaded = client
         .load_model(ModelOptions {

@@ -126,7 +126,16 @@ pub(super) fn forced_tool_call(
             forceable_names()
         )));
     };
-    let mut calls: Vec<Value> = wanted
+    Ok(Some(constraint(&format, &wanted, None)))
+}
+
+/// Calls of any of `tools` in `format`.
+fn constraint(
+    format: &CallFormat,
+    tools: &[&ToolSpec],
+    lazy: Option<CallStart>,
+) -> ToolCallConstraint {
+    let mut calls: Vec<Value> = tools
         .iter()
         .map(|t| call_schema(t, format.arguments_key))
         .collect();
@@ -135,12 +144,12 @@ pub(super) fn forced_tool_call(
     } else {
         json!({ "anyOf": calls })
     };
-    Ok(Some(ToolCallConstraint {
+    ToolCallConstraint {
         prefix: format.prefix.to_string(),
         schema,
         suffix: format.suffix.to_string(),
-        lazy: None,
-    }))
+        lazy,
+    }
 }
 
 /// "auto": any of `tools`, constrained only once the model writes the format's opener.
@@ -153,24 +162,15 @@ fn lazy_tool_call(
     if opener.is_empty() || tools.is_empty() {
         return None;
     }
-    let mut calls: Vec<Value> = tools
-        .iter()
-        .map(|t| call_schema(t, format.arguments_key))
-        .collect();
-    let schema = if calls.len() == 1 {
-        calls.remove(0)
-    } else {
-        json!({ "anyOf": calls })
+    let start = CallStart {
+        opener: opener.to_string(),
+        bare_object_at_start: format.bare_object,
     };
-    Some(ToolCallConstraint {
-        prefix: format.prefix.to_string(),
-        schema,
-        suffix: format.suffix.to_string(),
-        lazy: Some(CallStart {
-            opener: opener.to_string(),
-            bare_object_at_start: format.bare_object,
-        }),
-    })
+    Some(constraint(
+        &format,
+        &tools.iter().collect::<Vec<_>>(),
+        Some(start),
+    ))
 }
 
 #[cfg(test)]
