@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock, mpsc};
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
@@ -197,11 +197,22 @@ impl Engine for LlamaEngine {
         };
         let model = Arc::new(model);
         let context_per_slot = settings.effective_context(model.n_ctx_train());
+        // M-RoPE positions (vision models) cannot be moved in llama.cpp's KV cache.
+        let shiftable = !matches!(
+            model.rope_type(),
+            Some(RopeType::MRope | RopeType::IMRope | RopeType::Vision)
+        );
+        if settings.context_shift && !shiftable {
+            tracing::warn!(
+                "option `context_shift` is ignored: this model's multi-section RoPE positions cannot be shifted; a request that fills its context stops there"
+            );
+        }
         let config = LoopConfig {
             parallel: settings.parallel,
             context_per_slot,
             n_batch: settings.n_batch,
             warmup: settings.warmup,
+            context_shift: settings.context_shift && shiftable,
         };
         let scheduler = Scheduler::start(
             Arc::clone(&self.backend),

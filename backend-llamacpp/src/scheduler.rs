@@ -80,6 +80,8 @@ pub struct LoopConfig {
     pub n_batch: u32,
     /// Decode one token once before serving.
     pub warmup: bool,
+    /// Shift a full slot's context instead of ending its generation.
+    pub context_shift: bool,
 }
 
 /// The running decode loop; dropping it stops the loop and fails requests still running.
@@ -425,9 +427,24 @@ impl<'m> DecodeLoop<'m> {
             .request
             .max_tokens
             .is_some_and(|max| slot.generated >= max);
-        if at_limit || slot.pos as u32 >= self.config.context_per_slot {
+        if at_limit {
             return Some(FinishReason::Length);
         }
+        if slot.pos as u32 >= self.config.context_per_slot {
+            if !self.config.context_shift {
+                return Some(FinishReason::Length);
+            }
+            let (pos, index) = (slot.pos, index as u32);
+            match shift_context(&mut self.ctx, index, pos) {
+                Some(discarded) => {
+                    tracing::debug!(slot = index, discarded, "context shifted");
+                    let slot = self.slots[index as usize].as_mut()?;
+                    slot.pos -= discarded;
+                }
+                None => return Some(FinishReason::Length),
+            }
+        }
+        let slot = self.slots[index].as_mut()?;
         slot.next_input = Some(token);
         None
     }
@@ -456,6 +473,28 @@ impl<'m> DecodeLoop<'m> {
         let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
         let _ = slot.job.events.send(Event::Done(Err(error)));
     }
+}
+
+/// llama-server's context shift for sequence `seq` whose next position is `pos`: keeps the
+/// first token (the prompt's start, usually BOS), drops the older half of the rest and
+/// moves the newer half down. Returns how many positions were dropped; `None` when the
+/// cache refused.
+fn shift_context(ctx: &mut LlamaContext<'_>, seq: u32, pos: i32) -> Option<i32> {
+    const KEEP: i32 = 1;
+    let discard = (pos - KEEP) / 2;
+    if discard <= 0 {
+        return None;
+    }
+    let (keep, end) = (KEEP as u32, (KEEP + discard) as u32);
+    if !ctx
+        .clear_kv_cache_seq(Some(seq), Some(keep), Some(end))
+        .ok()?
+    {
+        return None;
+    }
+    ctx.kv_cache_seq_add(seq as i32, Some(end), Some(pos as u32), -discard)
+        .ok()?;
+    Some(discard)
 }
 
 /// The pooled embedding of `tokens`, L2-normalised as llama.cpp's server does.

@@ -130,6 +130,9 @@ pub struct LoadSettings {
     pub parallel: u32,
     /// Run one empty decode after loading so the first request does not pay for it.
     pub warmup: bool,
+    /// `context_shift`: a generation that fills its context drops the older half of what
+    /// follows its first token and goes on, as llama-server does, instead of stopping.
+    pub context_shift: bool,
     /// Options that were read and are valid but cannot be honoured, each with the reason;
     /// logged at load so an operator sees them.
     pub ignored: Vec<String>,
@@ -152,11 +155,6 @@ fn ignored_options(req: &LoadRequest) -> Result<Vec<String>, EngineError> {
     {
         ignored.push(
             "option `cache_reuse` is ignored: prompt KV-cache reuse is not implemented; every request evaluates its whole prompt".to_string(),
-        );
-    }
-    if req.extra.get_bool(&["context_shift"])? == Some(true) {
-        ignored.push(
-            "option `context_shift` is ignored: context shifting is not implemented; a request that reaches the end of its context stops there (finish reason length); raise ContextSize instead".to_string(),
         );
     }
     Ok(ignored)
@@ -242,6 +240,7 @@ impl LoadSettings {
             lora,
             parallel,
             warmup: req.extra.get_bool(&["warmup"])?.unwrap_or(true),
+            context_shift: req.extra.get_bool(&["context_shift"])?.unwrap_or(false),
             ignored,
         })
     }
@@ -315,13 +314,11 @@ mod tests {
         };
         let honoured = with(&["use_jinja:true", "cache_reuse:0", "context_shift:false"]).unwrap();
         assert!(honoured.ignored.is_empty(), "{:?}", honoured.ignored);
+        assert!(!honoured.context_shift);
         let s = with(&["jinja:false", "cache_reuse:256", "context_shift"]).unwrap();
-        assert_eq!(s.ignored.len(), 3, "{:?}", s.ignored);
-        for (note, option) in s
-            .ignored
-            .iter()
-            .zip(["jinja", "cache_reuse", "context_shift"])
-        {
+        assert!(s.context_shift);
+        assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
+        for (note, option) in s.ignored.iter().zip(["jinja", "cache_reuse"]) {
             assert!(note.contains(option) && note.contains("ignored"), "{note}");
         }
         for bad in [

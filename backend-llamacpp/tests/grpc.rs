@@ -708,6 +708,51 @@ async fn ignore_eos_generates_exactly_the_token_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn context_shift_goes_past_the_end_of_the_context() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let load = |shift: bool| {
+        let mut options = load_options(SMOLLM2);
+        options.context_size = 64;
+        options.options = vec!["parallel:1".into(), format!("context_shift:{shift}")];
+        options
+    };
+    let mut req = raw("Once upon a time, in a small village by the sea,", 150);
+    req.ignore_eos = true;
+    assert!(
+        client
+            .load_model(load(false))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let stopped = client.predict(req.clone()).await.unwrap().into_inner();
+    assert!(
+        stopped.tokens < 64,
+        "without context_shift the context's end stops it: {}",
+        stopped.tokens
+    );
+    assert!(
+        client
+            .load_model(load(true))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let shifted = client.predict(req.clone()).await.unwrap().into_inner();
+    assert_eq!(shifted.tokens, 150, "shifted twice and went on");
+    let text = String::from_utf8_lossy(&shifted.message);
+    assert!(
+        text.split_whitespace().count() > 40,
+        "real text after the shifts: {text:?}"
+    );
+    let streamed = collect(&mut client, req).await;
+    assert_eq!(streamed.last().unwrap().tokens, 150);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn grammar_constrains_the_output_to_json() {
     let (_worker, mut client) = started_with(SMOLLM2).await;
     let mut req = chat("Describe a person as JSON with a name and an age.");
