@@ -292,7 +292,7 @@ impl Engine for LlamaEngine {
                 loaded.context_per_slot
             )));
         }
-        let sampler = sampler::build(&loaded.model, request, &loaded.eog, loaded.settings.seed)?;
+        let sampler = sampler::build(&loaded.model, request, &loaded.eog, &loaded.settings)?;
         let (events, received) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         loaded.scheduler.submit(Job {

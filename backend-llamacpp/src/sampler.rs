@@ -9,6 +9,8 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use backend_common::engine::{EngineError, GenerationRequest, ToolCallConstraint};
 
+use crate::settings::LoadSettings;
+
 /// Root rule of a forced tool call's grammar; the JSON-schema converter names the call
 /// object's own rule `root`, which this one wraps in the parser's literal text.
 const FORCED_CALL_ROOT: &str = "forced-call";
@@ -21,13 +23,15 @@ const LAZY_CALL: &str = "tool-call";
 const BARE_CALL_AT_START: &str = r#"^\s*(\{\s*"name")"#;
 
 /// Builds the sampler for one request. `eog` lists the end-of-generation tokens (banned
-/// when the request ignores EOS); `default_seed` applies when the request sends none.
+/// when the request ignores EOS); the load settings give the default seed and the
+/// `GrammarTriggers` that make a request's `Grammar` lazy.
 pub fn build(
     model: &LlamaModel,
     request: &GenerationRequest,
     eog: &[LlamaToken],
-    default_seed: Option<u32>,
+    settings: &LoadSettings,
 ) -> Result<LlamaSampler, EngineError> {
+    let default_seed = settings.seed;
     let p = &request.sampling;
     let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
@@ -51,7 +55,13 @@ pub fn build(
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
     if let Some(grammar) = &request.grammar {
-        let sampler = LlamaSampler::grammar(model, grammar, "root").map_err(|e| {
+        let triggers = &settings.grammar_triggers;
+        let sampler = if triggers.is_empty() {
+            LlamaSampler::grammar(model, grammar, "root")
+        } else {
+            LlamaSampler::grammar_lazy(model, grammar, "root", triggers, &[])
+        }
+        .map_err(|e| {
             EngineError::InvalidArgument(format!(
                 "Grammar: not a valid GBNF grammar with a `root` rule ({e})"
             ))

@@ -130,6 +130,9 @@ pub struct LoadSettings {
     pub parallel: u32,
     /// Run one empty decode after loading so the first request does not pay for it.
     pub warmup: bool,
+    /// `GrammarTriggers`: words that switch a request's `Grammar` on when the output first
+    /// contains one (llama.cpp's lazy grammar, as LocalAI's core sets them for tool calls).
+    pub grammar_triggers: Vec<String>,
     /// `context_shift`: a generation that fills its context drops the older half of what
     /// follows its first token and goes on, as llama-server does, instead of stopping.
     pub context_shift: bool,
@@ -241,6 +244,12 @@ impl LoadSettings {
             parallel,
             warmup: req.extra.get_bool(&["warmup"])?.unwrap_or(true),
             context_shift: req.extra.get_bool(&["context_shift"])?.unwrap_or(false),
+            grammar_triggers: o
+                .grammar_triggers
+                .iter()
+                .map(|t| t.word.clone())
+                .filter(|w| !w.is_empty())
+                .collect(),
             ignored,
         })
     }

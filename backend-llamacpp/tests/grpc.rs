@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use backend_common::pb::status_response::State;
-use backend_common::pb::{HealthMessage, Message, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{
+    GrammarTrigger, HealthMessage, Message, ModelOptions, PredictOptions, Reply,
+};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{collect, model, raw, text};
 use e2e_backends::worker::Worker;
@@ -750,6 +752,45 @@ async fn context_shift_goes_past_the_end_of_the_context() {
     );
     let streamed = collect(&mut client, req).await;
     assert_eq!(streamed.last().unwrap().tokens, 150);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grammar_triggers_make_the_grammar_lazy() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let mut req = raw("Once upon a time, in a small village by the sea,", 24);
+    req.grammar = r#"root ::= "DONE" [.]"#.into();
+    let load = |triggers: &[&str]| ModelOptions {
+        grammar_triggers: triggers
+            .iter()
+            .map(|w| GrammarTrigger {
+                word: w.to_string(),
+            })
+            .collect(),
+        ..load_options(SMOLLM2)
+    };
+    assert!(
+        client
+            .load_model(load(&[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let strict = client.predict(req.clone()).await.unwrap().into_inner();
+    assert_eq!(String::from_utf8_lossy(&strict.message), "DONE.");
+    // With a trigger the story never contains, the grammar never starts: free text.
+    assert!(
+        client
+            .load_model(load(&["DONE"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let lazy = client.predict(req.clone()).await.unwrap().into_inner();
+    let text = String::from_utf8_lossy(&lazy.message);
+    assert!(!text.contains("DONE") && lazy.tokens == 24, "{text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
