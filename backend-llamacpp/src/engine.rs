@@ -213,6 +213,7 @@ impl Engine for LlamaEngine {
             n_batch: settings.n_batch,
             warmup: settings.warmup,
             context_shift: settings.context_shift && shiftable,
+            cache_reuse: settings.cache_reuse,
         };
         let scheduler = Scheduler::start(
             Arc::clone(&self.backend),

@@ -5,6 +5,8 @@
 //! last sampled token of every generating slot and as much pending prompt as the batch
 //! budget allows into one `llama_decode`, then samples every slot whose logits are ready.
 //! New requests join between steps; finished or cancelled ones free their slot at once.
+//! With `cache_reuse`, a free slot keeps the KV cache of its last request, and a new request
+//! goes to the slot sharing the longest prompt prefix with it, evaluating only the rest.
 //!
 //! Embedding requests run on the same thread, between steps, in a second context of their
 //! own (pooled embeddings need a context created for them), so they never wait for a slot.
@@ -82,6 +84,9 @@ pub struct LoopConfig {
     pub warmup: bool,
     /// Shift a full slot's context instead of ending its generation.
     pub context_shift: bool,
+    /// Reuse a free slot's cached prefix when it shares at least this many tokens with a
+    /// new prompt (0: every request starts from an empty cache).
+    pub cache_reuse: u32,
 }
 
 /// The running decode loop; dropping it stops the loop and fails requests still running.
@@ -205,6 +210,10 @@ struct Slot {
     next_input: Option<LlamaToken>,
     /// Batch row whose logits this slot samples after the current decode.
     logits_row: Option<i32>,
+    /// Generated tokens fed back into the cache, after the prompt.
+    fed: Vec<LlamaToken>,
+    /// The cache was shifted: positions no longer match the tokens.
+    shifted: bool,
     generated: u32,
     started: Instant,
     first_token: Option<Instant>,
@@ -217,6 +226,8 @@ struct DecodeLoop<'m> {
     embedder: Option<LlamaContext<'m>>,
     batch: LlamaBatch<'static>,
     slots: Vec<Option<Slot>>,
+    /// What each free slot's KV sequence holds, position by position (`cache_reuse`).
+    cached: Vec<Vec<LlamaToken>>,
     config: LoopConfig,
 }
 
@@ -234,6 +245,7 @@ impl<'m> DecodeLoop<'m> {
             embedder,
             batch: LlamaBatch::new(capacity, config.parallel as i32),
             slots: (0..config.parallel).map(|_| None).collect(),
+            cached: vec![Vec::new(); config.parallel as usize],
             config,
         }
     }
@@ -272,9 +284,9 @@ impl<'m> DecodeLoop<'m> {
                     }
                 }
             }
-            while let Some(free) = self.slots.iter().position(Option::is_none) {
+            while self.slots.iter().any(Option::is_none) {
                 match waiting.pop_front() {
-                    Some(job) => self.admit(free, job),
+                    Some(job) => self.admit(job),
                     None => break,
                 }
             }
@@ -313,14 +325,45 @@ impl<'m> DecodeLoop<'m> {
         }
     }
 
-    fn admit(&mut self, index: usize, job: Job) {
-        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+    /// Puts `job` in a free slot: the one whose cache shares the longest prefix with its
+    /// prompt when that prefix is long enough to reuse, else the emptiest one.
+    fn admit(&mut self, job: Job) {
+        let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
+        let (index, shared) = free
+            .map(|i| (i, common_prefix(&self.cached[i], &job.prompt)))
+            .max_by_key(|&(i, shared)| (shared, std::cmp::Reverse(self.cached[i].len())))
+            .expect("admit is called with a free slot");
+        // The last prompt token is always evaluated: its logits pick the first new token.
+        let mut reuse = shared.min(job.prompt.len().saturating_sub(1));
+        if self.config.cache_reuse == 0 || reuse < self.config.cache_reuse as usize {
+            reuse = 0;
+        }
+        let seq = Some(index as u32);
+        if !self
+            .ctx
+            .clear_kv_cache_seq(seq, Some(reuse as u32), None)
+            .unwrap_or(false)
+        {
+            reuse = 0;
+            let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
+        }
+        if reuse > 0 {
+            tracing::debug!(
+                slot = index,
+                reuse,
+                prompt = job.prompt.len(),
+                "prompt prefix reused from the cache"
+            );
+        }
+        self.cached[index].clear();
         self.slots[index] = Some(Slot {
             job,
-            prompt_done: 0,
-            pos: 0,
+            prompt_done: reuse,
+            pos: reuse as i32,
             next_input: None,
             logits_row: None,
+            fed: Vec::new(),
+            shifted: false,
             generated: 0,
             started: Instant::now(),
             first_token: None,
@@ -340,6 +383,7 @@ impl<'m> DecodeLoop<'m> {
             {
                 slot.logits_row = Some(self.batch.n_tokens() - 1);
                 slot.pos += 1;
+                slot.fed.push(token);
                 budget -= 1;
             }
         }
@@ -440,6 +484,7 @@ impl<'m> DecodeLoop<'m> {
                     tracing::debug!(slot = index, discarded, "context shifted");
                     let slot = self.slots[index as usize].as_mut()?;
                     slot.pos -= discarded;
+                    slot.shifted = true;
                 }
                 None => return Some(FinishReason::Length),
             }
@@ -453,7 +498,14 @@ impl<'m> DecodeLoop<'m> {
         let Some(slot) = self.slots[index].take() else {
             return;
         };
-        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+        if self.config.cache_reuse > 0 && !slot.shifted {
+            // Keep the cache for the next request that starts the same way.
+            let cached = &mut self.cached[index];
+            cached.extend_from_slice(&slot.job.prompt[..slot.prompt_done]);
+            cached.extend_from_slice(&slot.fed);
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
+        }
         let end = Instant::now();
         let first = slot.first_token.unwrap_or(end);
         let stats = GenerationStats {
@@ -470,9 +522,15 @@ impl<'m> DecodeLoop<'m> {
         let Some(slot) = self.slots[index].take() else {
             return;
         };
+        self.cached[index].clear();
         let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
         let _ = slot.job.events.send(Event::Done(Err(error)));
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// llama-server's context shift for sequence `seq` whose next position is `pos`: keeps the

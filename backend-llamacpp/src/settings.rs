@@ -130,6 +130,10 @@ pub struct LoadSettings {
     pub parallel: u32,
     /// Run one empty decode after loading so the first request does not pay for it.
     pub warmup: bool,
+    /// `cache_reuse:N`: a request whose prompt starts with at least N tokens a free slot
+    /// still holds from its last request reuses them instead of evaluating them again
+    /// (llama-server's prompt cache; 0 = off).
+    pub cache_reuse: u32,
     /// `GrammarTriggers`: words that switch a request's `Grammar` on when the output first
     /// contains one (llama.cpp's lazy grammar, as LocalAI's core sets them for tool calls).
     pub grammar_triggers: Vec<String>,
@@ -149,15 +153,6 @@ fn ignored_options(req: &LoadRequest) -> Result<Vec<String>, EngineError> {
     if req.extra.get_bool(&["use_jinja", "jinja"])? == Some(false) {
         ignored.push(
             "option `jinja:false` is ignored: this worker always renders the model's own Jinja chat template and has no legacy template engine to fall back to".to_string(),
-        );
-    }
-    if req
-        .extra
-        .get_int::<u32>(&["cache_reuse"])?
-        .is_some_and(|n| n > 0)
-    {
-        ignored.push(
-            "option `cache_reuse` is ignored: prompt KV-cache reuse is not implemented; every request evaluates its whole prompt".to_string(),
         );
     }
     Ok(ignored)
@@ -244,6 +239,7 @@ impl LoadSettings {
             parallel,
             warmup: req.extra.get_bool(&["warmup"])?.unwrap_or(true),
             context_shift: req.extra.get_bool(&["context_shift"])?.unwrap_or(false),
+            cache_reuse: req.extra.get_int::<u32>(&["cache_reuse"])?.unwrap_or(0),
             grammar_triggers: o
                 .grammar_triggers
                 .iter()
@@ -326,8 +322,9 @@ mod tests {
         assert!(!honoured.context_shift);
         let s = with(&["jinja:false", "cache_reuse:256", "context_shift"]).unwrap();
         assert!(s.context_shift);
-        assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
-        for (note, option) in s.ignored.iter().zip(["jinja", "cache_reuse"]) {
+        assert_eq!(s.cache_reuse, 256);
+        assert_eq!(s.ignored.len(), 1, "{:?}", s.ignored);
+        for (note, option) in s.ignored.iter().zip(["jinja"]) {
             assert!(note.contains(option) && note.contains("ignored"), "{note}");
         }
         for bad in [

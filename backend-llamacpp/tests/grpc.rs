@@ -755,6 +755,75 @@ async fn context_shift_goes_past_the_end_of_the_context() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
+    let worker = start(&[], None).await;
+    let mut client = worker.client(None).await.unwrap();
+    let load = |options: &[&str]| ModelOptions {
+        options: options.iter().map(|o| o.to_string()).collect(),
+        ..load_options(SMOLLM2)
+    };
+    let history = "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. ".repeat(14);
+    let first = raw(&history, 8);
+    let mut second = raw(&format!("{history}In short, the press"), 1);
+    second.logprobs = 1;
+    second.top_logprobs = 5;
+
+    assert!(
+        client
+            .load_model(load(&["parallel:1"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let fresh = client.predict(second.clone()).await.unwrap().into_inner();
+
+    let options = ["parallel:1", "cache_reuse:16"];
+    assert!(
+        client
+            .load_model(load(&options))
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let cold = client.predict(first).await.unwrap().into_inner();
+    let warm = client.predict(second).await.unwrap().into_inner();
+    assert!(cold.prompt_tokens > 300, "{}", cold.prompt_tokens);
+    assert_eq!(warm.prompt_tokens, fresh.prompt_tokens);
+    // Only the few new tokens were evaluated: a fraction of the cold prompt's time.
+    assert!(
+        warm.timing_prompt_processing * 4.0 < cold.timing_prompt_processing,
+        "warm {} ms vs cold {} ms",
+        warm.timing_prompt_processing,
+        cold.timing_prompt_processing
+    );
+    // The reused cache predicts as a fresh evaluation of the whole prompt does: the same
+    // next-token distribution up to float noise (a small batch takes other kernels than a
+    // large one, so a near tie may still flip a greedy pick, as in llama-server).
+    let top = |reply: &Reply| -> Vec<(i64, f64)> {
+        logprob_entries(reply)[0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["id"].as_i64().unwrap(), t["logprob"].as_f64().unwrap()))
+            .collect()
+    };
+    let (warm_top, fresh_top) = (top(&warm), top(&fresh));
+    let shared: Vec<_> = warm_top
+        .iter()
+        .filter_map(|(id, lp)| {
+            let other = fresh_top.iter().find(|(i, _)| i == id)?.1;
+            Some((lp - other).abs())
+        })
+        .collect();
+    assert!(
+        shared.len() >= 4 && shared.iter().all(|d| *d < 0.1),
+        "warm {warm_top:?} vs fresh {fresh_top:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn grammar_triggers_make_the_grammar_lazy() {
     let worker = start(&[], None).await;
     let mut client = worker.client(None).await.unwrap();
