@@ -31,6 +31,12 @@ fn load_options(name: &str) -> ModelOptions {
     }
 }
 
+/// Loads `options` and asserts it worked.
+async fn load(client: &mut Client, options: ModelOptions) {
+    let loaded = client.load_model(options).await.unwrap().into_inner();
+    assert!(loaded.success, "{}", loaded.message);
+}
+
 async fn started_with(name: &str) -> (Worker, Client) {
     let worker = start(&[], None).await;
     let mut client = worker.client(None).await.unwrap();
@@ -113,14 +119,7 @@ async fn auth_token_is_required_on_every_call() {
             .message,
         b"OK"
     );
-    assert!(
-        client
-            .load_model(load_options(SMOLLM2))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, load_options(SMOLLM2)).await;
     assert!(
         !client
             .predict(raw("Hello", 3))
@@ -344,14 +343,7 @@ async fn free_releases_and_load_works_again() {
         client.predict(raw("Hi", 3)).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    assert!(
-        client
-            .load_model(load_options(SMOLLM2))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, load_options(SMOLLM2)).await;
     assert!(
         !client
             .predict(raw("Hello", 3))
@@ -713,7 +705,7 @@ async fn ignore_eos_generates_exactly_the_token_limit() {
 async fn context_shift_goes_past_the_end_of_the_context() {
     let worker = start(&[], None).await;
     let mut client = worker.client(None).await.unwrap();
-    let load = |shift: bool| {
+    let with = |shift: bool| {
         let mut options = load_options(SMOLLM2);
         options.context_size = 64;
         options.options = vec!["parallel:1".into(), format!("context_shift:{shift}")];
@@ -721,28 +713,14 @@ async fn context_shift_goes_past_the_end_of_the_context() {
     };
     let mut req = raw("Once upon a time, in a small village by the sea,", 150);
     req.ignore_eos = true;
-    assert!(
-        client
-            .load_model(load(false))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(false)).await;
     let stopped = client.predict(req.clone()).await.unwrap().into_inner();
     assert!(
         stopped.tokens < 64,
         "without context_shift the context's end stops it: {}",
         stopped.tokens
     );
-    assert!(
-        client
-            .load_model(load(true))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(true)).await;
     let shifted = client.predict(req.clone()).await.unwrap().into_inner();
     assert_eq!(shifted.tokens, 150, "shifted twice and went on");
     let text = String::from_utf8_lossy(&shifted.message);
@@ -758,7 +736,7 @@ async fn context_shift_goes_past_the_end_of_the_context() {
 async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
     let worker = start(&[], None).await;
     let mut client = worker.client(None).await.unwrap();
-    let load = |options: &[&str]| ModelOptions {
+    let with = |options: &[&str]| ModelOptions {
         options: options.iter().map(|o| o.to_string()).collect(),
         ..load_options(SMOLLM2)
     };
@@ -768,25 +746,11 @@ async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
     second.logprobs = 1;
     second.top_logprobs = 5;
 
-    assert!(
-        client
-            .load_model(load(&["parallel:1"]))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(&["parallel:1"])).await;
     let fresh = client.predict(second.clone()).await.unwrap().into_inner();
 
     let options = ["parallel:1", "cache_reuse:16"];
-    assert!(
-        client
-            .load_model(load(&options))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(&options)).await;
     let cold = client.predict(first).await.unwrap().into_inner();
     let warm = client.predict(second).await.unwrap().into_inner();
     assert!(cold.prompt_tokens > 300, "{}", cold.prompt_tokens);
@@ -829,7 +793,7 @@ async fn grammar_triggers_make_the_grammar_lazy() {
     let mut client = worker.client(None).await.unwrap();
     let mut req = raw("Once upon a time, in a small village by the sea,", 24);
     req.grammar = r#"root ::= "DONE" [.]"#.into();
-    let load = |triggers: &[&str]| ModelOptions {
+    let with = |triggers: &[&str]| ModelOptions {
         grammar_triggers: triggers
             .iter()
             .map(|w| GrammarTrigger {
@@ -838,25 +802,11 @@ async fn grammar_triggers_make_the_grammar_lazy() {
             .collect(),
         ..load_options(SMOLLM2)
     };
-    assert!(
-        client
-            .load_model(load(&[]))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(&[])).await;
     let strict = client.predict(req.clone()).await.unwrap().into_inner();
     assert_eq!(String::from_utf8_lossy(&strict.message), "DONE.");
     // With a trigger the story never contains, the grammar never starts: free text.
-    assert!(
-        client
-            .load_model(load(&["DONE"]))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, with(&["DONE"])).await;
     let lazy = client.predict(req.clone()).await.unwrap().into_inner();
     let text = String::from_utf8_lossy(&lazy.message);
     assert!(!text.contains("DONE") && lazy.tokens == 24, "{text:?}");
@@ -1063,14 +1013,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 async fn embeddings_are_pooled_normalised_and_meaningful() {
     let worker = start(&[], None).await;
     let mut client = worker.client(None).await.unwrap();
-    assert!(
-        client
-            .load_model(load_options(SMOLLM2))
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, load_options(SMOLLM2)).await;
     let text = |t: &str| PredictOptions {
         embeddings: t.into(),
         ..Default::default()
@@ -1081,14 +1024,7 @@ async fn embeddings_are_pooled_normalised_and_meaningful() {
 
     let mut options = load_options(SMOLLM2);
     options.embeddings = true;
-    assert!(
-        client
-            .load_model(options)
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
+    load(&mut client, options).await;
     let embed = |req: PredictOptions| {
         let mut client = client.clone();
         async move { client.embedding(req).await.unwrap().into_inner().embeddings }
