@@ -19,6 +19,18 @@ pub enum EngineError {
     /// The model file or folder does not exist.
     #[error("model not found: {0}")]
     ModelNotFound(PathBuf),
+    /// The model is named by a Hugging Face hub id and no local copy exists; nothing is
+    /// downloaded.
+    #[error(
+        "`{id}` looks like a Hugging Face hub id, and this backend does not download models: no copy at {} (the HF_HUB_CACHE / HF_HOME cache layout); put the model there or pass the path of a local folder",
+        searched.display()
+    )]
+    HubModelNotCached {
+        /// The hub id asked for.
+        id: String,
+        /// The cache folder where it would be.
+        searched: PathBuf,
+    },
     /// The model exists but could not be loaded.
     #[error("cannot load model {path}: {reason}")]
     InvalidModel {

@@ -59,7 +59,9 @@ impl From<EngineError> for Status {
             EngineError::NotLoaded | EngineError::FailedPrecondition(_) => {
                 Status::failed_precondition(message)
             }
-            EngineError::ModelNotFound(_) => Status::not_found(message),
+            EngineError::ModelNotFound(_) | EngineError::HubModelNotCached { .. } => {
+                Status::not_found(message)
+            }
             EngineError::InvalidModel { .. } | EngineError::InvalidArgument(_) => {
                 Status::invalid_argument(message)
             }

@@ -3,19 +3,21 @@
 //! One request generates at a time (a lock around the decode loop); continuous batching of
 //! concurrent requests through [`Model::forward`]'s batches is the scheduler's job, a later
 //! step that needs no change to the model code.
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use backend_common::engine::{
     Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
     LoadRequest, MemoryReport, ModelInfo, TokenSink,
 };
-use backend_common::template::{SpecialTokens, TemplateSource};
+use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
 use crate::gguf::GgufFile;
-use crate::model::{BatchItem, Model, ModelError, SeqCache};
+use crate::hf::{self, HfFolder};
+use crate::model::{BatchItem, Model, ModelConfig, ModelError, SeqCache};
 use crate::sampler::{Sampler, token_logprob};
 use crate::settings::{DTypeChoice, LoadSettings};
 use crate::tokenizer::ModelTokenizer;
@@ -83,28 +85,141 @@ fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Where a LoadModel request's model is.
+enum Source {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face folder (possibly a hub cache snapshot).
+    Folder(PathBuf),
+}
+
+impl Source {
+    /// The model at `path`; a missing path that is a hub id (`Model` as LocalAI's vLLM
+    /// backend receives it) is looked up in the Hugging Face cache.
+    fn locate(path: &Path, model: &str) -> Result<Source, EngineError> {
+        if path.is_dir() {
+            return Ok(Source::Folder(path.to_path_buf()));
+        }
+        if !path.exists() && hf::looks_like_hub_id(model) {
+            return hf::find_in_hub_cache(model, &hf::hub_cache_dir())
+                .map(Source::Folder)
+                .map_err(|searched| EngineError::HubModelNotCached {
+                    id: model.to_string(),
+                    searched,
+                });
+        }
+        backend_common::model_path::check_gguf_file(path)?;
+        Ok(Source::Gguf(path.to_path_buf()))
+    }
+}
+
+/// What loading produced before the model is swapped in.
+struct Prepared {
+    config: ModelConfig,
+    tokenizer: ModelTokenizer,
+    name: Option<String>,
+    chat_template: Option<TemplateSource>,
+    special_tokens: SpecialTokens,
+    /// Bytes the weights will take in memory.
+    weight_bytes: u64,
+    dtype: DType,
+}
+
+/// A model's reader, open and checked, its weights not read yet.
+enum Reader {
+    Gguf(GgufFile),
+    Folder(Box<HfFolder>),
+}
+
+fn invalid_model(path: &Path) -> impl Fn(String) -> EngineError + '_ {
+    move |reason| EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Opens the model and reads everything but its weights.
+fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), EngineError> {
+    match source {
+        Source::Gguf(path) => {
+            let invalid = invalid_model(path);
+            let file = GgufFile::open(path).map_err(|e| invalid(e.to_string()))?;
+            let header = file.header().map_err(|e| invalid(e.to_string()))?;
+            let tokenizer =
+                ModelTokenizer::new(&header.vocab).map_err(|e| invalid(e.to_string()))?;
+            if !matches!(dtype, DTypeChoice::Auto | DTypeChoice::F32) {
+                tracing::warn!(
+                    ?dtype,
+                    "GGUF weights run quantized with f32 activations; dtype ignored"
+                );
+            }
+            let special_tokens = SpecialTokens {
+                bos_token: tokenizer.bos_text().map(str::to_string),
+                eos_token: tokenizer.eos_text().map(str::to_string),
+            };
+            let prepared = Prepared {
+                config: header.config,
+                tokenizer,
+                name: header.name,
+                chat_template: header.chat_template.map(TemplateSource::Single),
+                special_tokens,
+                weight_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+                dtype: DType::F32,
+            };
+            Ok((Reader::Gguf(file), prepared))
+        }
+        Source::Folder(dir) => {
+            let invalid = invalid_model(dir);
+            let folder = HfFolder::open(dir).map_err(|e| invalid(e.to_string()))?;
+            let saved = folder.saved_dtype().map_err(|e| invalid(e.to_string()))?;
+            let dtype = dtype.resolve(saved);
+            let tokenizer = ModelTokenizer::from_hf_dir(dir, &hf::generation_eos_ids(&folder))
+                .map_err(|e| invalid(e.to_string()))?;
+            let template = HfTemplateConfig::from_dir(dir).map_err(|e| invalid(e.to_string()))?;
+            let saved_bytes: u64 = folder.weight_files_bytes();
+            let weight_bytes =
+                saved_bytes / saved.size_in_bytes() as u64 * dtype.size_in_bytes() as u64;
+            let name = folder.name();
+            let prepared = Prepared {
+                config: folder.model_config.clone(),
+                tokenizer,
+                name,
+                chat_template: template.templates,
+                special_tokens: template.tokens,
+                weight_bytes,
+                dtype,
+            };
+            Ok((Reader::Folder(Box::new(folder)), prepared))
+        }
+    }
+}
+
+/// What LoadModel would report for the model at `path` (a GGUF file, a folder or a cached
+/// hub id), reading its metadata and tokenizer but not its weights.
+pub fn describe(path: &Path) -> Result<ModelInfo, EngineError> {
+    let source = Source::locate(path, &path.to_string_lossy())?;
+    let (_, prepared) = prepare(&source, DTypeChoice::Auto)?;
+    Ok(ModelInfo {
+        name: prepared.name,
+        context_length: u32::try_from(prepared.config.context_length).unwrap_or(u32::MAX),
+        chat_template: prepared.chat_template,
+        special_tokens: prepared.special_tokens,
+    })
+}
+
 impl Engine for CandleEngine {
     fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
         let started = Instant::now();
         let settings = LoadSettings::from_request(request)?;
         let path = settings.path.clone();
-        backend_common::model_path::check_gguf_file(&path)?;
-        let invalid = |reason: String| EngineError::InvalidModel {
-            path: path.clone(),
-            reason,
-        };
-        let mut file = GgufFile::open(&path).map_err(|e| invalid(e.to_string()))?;
-        let header = file.header().map_err(|e| invalid(e.to_string()))?;
-        let tokenizer = ModelTokenizer::new(&header.vocab).map_err(|e| invalid(e.to_string()))?;
-        let config = header.config.clone();
+        let source = Source::locate(&path, &request.options.model)?;
+        let (reader, prepared) = prepare(&source, settings.dtype)?;
+        let config = prepared.config.clone();
         let max_len = settings.effective_max_len(config.context_length)?;
-        if !matches!(settings.dtype, DTypeChoice::Auto | DTypeChoice::F32) {
-            tracing::warn!(dtype = ?settings.dtype, "GGUF weights run quantized with f32 activations; dtype ignored");
-        }
-        let kv_bytes = max_len as u64 * config.kv_bytes_per_token();
+        let kv_bytes = max_len as u64 * config.kv_bytes_per_token(prepared.dtype);
         if let Some(total) = machine_memory() {
             let budget = (total as f64 * settings.memory_utilization) as u64;
-            let weights = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let weights = prepared.weight_bytes;
             if weights + kv_bytes > budget {
                 return Err(EngineError::ResourceExhausted(format!(
                     "{} MiB of weights and {} MiB of KV cache for max_model_len {max_len} exceed gpu_memory_utilization {} of {} MiB; lower max_model_len or raise gpu_memory_utilization",
@@ -118,9 +233,14 @@ impl Engine for CandleEngine {
         // The old model goes first so two never share memory; the checks above keep a bad
         // request from costing the loaded model.
         self.replace(None);
-        let weights = file
-            .weights(&config, &self.device)
-            .map_err(|e| invalid(e.to_string()))?;
+        let weights = match reader {
+            Reader::Gguf(mut file) => file
+                .weights(&config, &self.device)
+                .map_err(|e| invalid_model(&path)(e.to_string()))?,
+            Reader::Folder(folder) => folder
+                .weights(prepared.dtype, &self.device)
+                .map_err(|e| invalid_model(&path)(e.to_string()))?,
+        };
         let model = Model::new(config, weights, max_len, &self.device).map_err(internal)?;
         let memory = MemoryReport {
             parts: vec![
@@ -129,24 +249,22 @@ impl Engine for CandleEngine {
             ],
         };
         let info = ModelInfo {
-            name: header.name.clone(),
+            name: prepared.name,
             context_length: u32::try_from(max_len).unwrap_or(u32::MAX),
-            chat_template: header.chat_template.clone().map(TemplateSource::Single),
-            special_tokens: SpecialTokens {
-                bos_token: tokenizer.bos_text().map(str::to_string),
-                eos_token: tokenizer.eos_text().map(str::to_string),
-            },
+            chat_template: prepared.chat_template,
+            special_tokens: prepared.special_tokens,
         };
         tracing::info!(
             arch = ?model.config().arch,
             layers = model.config().layers,
+            dtype = ?model.dtype(),
             max_len,
             ms = started.elapsed().as_millis() as u64,
-            "GGUF loaded"
+            "model loaded"
         );
         self.replace(Some(Arc::new(Loaded {
             model,
-            tokenizer,
+            tokenizer: prepared.tokenizer,
             settings,
             memory,
             decode: Mutex::new(()),

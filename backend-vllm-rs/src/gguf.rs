@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::model::{Arch, Layer, ModelConfig, Weights};
 use crate::tokenizer::VocabSpec;
@@ -25,7 +25,10 @@ pub enum GgufError {
     #[error("not a readable GGUF file: {0}")]
     Format(String),
     /// The architecture is not implemented.
-    #[error("architecture `{0}` is not supported by this backend (supported: llama, qwen2)")]
+    #[error(
+        "architecture `{0}` is not supported by this backend (supported: {archs})",
+        archs = crate::model::SUPPORTED_ARCHS
+    )]
     UnsupportedArch(String),
     /// A metadata key is missing or has the wrong type.
     #[error("GGUF metadata `{key}`: {reason}")]
@@ -239,8 +242,30 @@ impl GgufFile {
             })
     }
 
-    fn has_tensor(&self, name: &str) -> bool {
+    /// Whether the file holds tensor `name`.
+    pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Tensor `name` dequantized to f32; Q/K rows back in Hugging Face order for `rope_heads`
+    /// heads when given (see [`unpermute_rows`]).
+    pub fn dequantized(
+        &mut self,
+        name: &str,
+        rope_heads: Option<usize>,
+        device: &Device,
+    ) -> Result<Tensor, GgufError> {
+        let mut t = self.tensor(name, device)?;
+        if let Some(heads) = rope_heads {
+            t = unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
+                name: name.to_string(),
+                reason,
+            })?;
+        }
+        t.dequantize(device).map_err(|e| GgufError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     fn dense(&mut self, name: &str, device: &Device) -> Result<Tensor, GgufError> {
@@ -253,10 +278,7 @@ impl GgufFile {
 
     fn matmul(&mut self, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
         let t = self.tensor(name, device)?;
-        QMatMul::from_qtensor(t).map_err(|e| GgufError::Tensor {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
+        matmul_form(t, name, device)
     }
 
     /// A Q or K projection with llama.cpp's row permutation undone for Llama.
@@ -268,28 +290,35 @@ impl GgufFile {
         device: &Device,
     ) -> Result<QMatMul, GgufError> {
         let t = self.tensor(name, device)?;
-        let t = match arch {
-            Arch::Llama => {
-                unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
-                    name: name.to_string(),
-                    reason,
-                })?
-            }
-            Arch::Qwen2 => t,
+        let t = if arch.gguf_permutes_qk() {
+            unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
+                name: name.to_string(),
+                reason,
+            })?
+        } else {
+            t
         };
-        QMatMul::from_qtensor(t).map_err(|e| GgufError::Tensor {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
+        matmul_form(t, name, device)
     }
 
     /// Reads every weight of the model described by `config`.
     pub fn weights(&mut self, config: &ModelConfig, device: &Device) -> Result<Weights, GgufError> {
         let embed = Arc::new(self.tensor("token_embd.weight", device)?);
-        let lm_head = if self.has_tensor("output.weight") {
-            Arc::new(self.tensor("output.weight", device)?)
+        let has_head = self.has_tensor("output.weight");
+        // A tied output projection shares the embedding's storage unless that needs re-encoding.
+        let tied = !has_head && !needs_fast_form(embed.dtype());
+        let lm_head = if tied {
+            QMatMul::from_arc(Arc::clone(&embed)).map_err(|e| GgufError::Tensor {
+                name: "token_embd.weight".into(),
+                reason: e.to_string(),
+            })?
         } else {
-            Arc::clone(&embed)
+            let name = if has_head {
+                "output.weight"
+            } else {
+                "token_embd.weight"
+            };
+            self.matmul(name, device)?
         };
         let rope_factors = if self.has_tensor("rope_freqs.weight") {
             let t = self.dense("rope_freqs.weight", device)?;
@@ -303,13 +332,22 @@ impl GgufFile {
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("blk.{i}");
-            let qkv_bias = match config.arch {
-                Arch::Qwen2 => Some([
+            let qkv_bias = if config.arch.has_qkv_bias() {
+                Some([
                     self.dense(&format!("{p}.attn_q.bias"), device)?,
                     self.dense(&format!("{p}.attn_k.bias"), device)?,
                     self.dense(&format!("{p}.attn_v.bias"), device)?,
-                ]),
-                Arch::Llama => None,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if config.arch.has_qk_norm() {
+                Some([
+                    self.dense(&format!("{p}.attn_q_norm.weight"), device)?,
+                    self.dense(&format!("{p}.attn_k_norm.weight"), device)?,
+                ])
+            } else {
+                None
             };
             layers.push(Layer {
                 attn_norm: self.dense(&format!("{p}.attn_norm.weight"), device)?,
@@ -327,6 +365,7 @@ impl GgufFile {
                 )?,
                 v: self.matmul(&format!("{p}.attn_v.weight"), device)?,
                 qkv_bias,
+                qk_norm,
                 o: self.matmul(&format!("{p}.attn_output.weight"), device)?,
                 ffn_norm: self.dense(&format!("{p}.ffn_norm.weight"), device)?,
                 gate: self.matmul(&format!("{p}.ffn_gate.weight"), device)?,
@@ -335,13 +374,73 @@ impl GgufFile {
             });
         }
         Ok(Weights {
-            embed,
+            embed: QMatMul::QTensor(embed),
             layers,
             norm: self.dense("output_norm.weight", device)?,
             lm_head,
+            tied,
             rope_factors,
+            dtype: DType::F32,
         })
     }
+}
+
+/// Whether candle multiplies `dtype` with scalar code only (no AVX kernel): Q5_0 (used by
+/// llama.cpp's Q4_K_M for every matrix whose rows are not a multiple of 256), Q4_1, Q5_1.
+fn needs_fast_form(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q4_1 | GgmlDType::Q5_1)
+}
+
+/// A matmul over `t`, re-encoded as Q8_0 (which has AVX2 and AVX-512 kernels) where its own
+/// type has only scalar ones: exactly for Q5_0, whose 5-bit integers fit Q8_0's 8 with the
+/// same scale; to the nearest 8-bit step for the offset types Q4_1 and Q5_1.
+fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
+    let tensor_error = |reason: String| GgufError::Tensor {
+        name: name.to_string(),
+        reason,
+    };
+    let t = match t.dtype() {
+        GgmlDType::Q5_0 => q5_0_as_q8_0(&t, device).map_err(tensor_error)?,
+        dtype if needs_fast_form(dtype) => {
+            let dense = t
+                .dequantize(device)
+                .map_err(|e| tensor_error(e.to_string()))?;
+            QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(|e| tensor_error(e.to_string()))?
+        }
+        _ => t,
+    };
+    QMatMul::from_qtensor(t).map_err(|e| tensor_error(e.to_string()))
+}
+
+/// Bytes of a Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.
+const Q5_0_BLOCK: usize = 22;
+/// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
+const Q8_0_BLOCK: usize = 34;
+
+/// `t` (Q5_0) as Q8_0 with identical values: each 5-bit quant `q` becomes the byte `q - 16`
+/// under the same scale (ggml's `dequantize_row_q5_0` layout).
+pub fn q5_0_as_q8_0(t: &QTensor, device: &Device) -> Result<QTensor, String> {
+    let data = t.data().map_err(|e| e.to_string())?;
+    if data.len() % Q5_0_BLOCK != 0 {
+        return Err(format!("{} bytes are not whole Q5_0 blocks", data.len()));
+    }
+    let mut out = Vec::with_capacity(data.len() / Q5_0_BLOCK * Q8_0_BLOCK);
+    for block in data.chunks_exact(Q5_0_BLOCK) {
+        let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+        let qs = &block[6..];
+        let mut q = [0u8; 32];
+        for j in 0..16 {
+            let high0 = (((qh >> j) << 4) & 0x10) as u8;
+            let high1 = ((qh >> (j + 12)) & 0x10) as u8;
+            q[j] = ((qs[j] & 0x0F) | high0).wrapping_sub(16);
+            q[j + 16] = ((qs[j] >> 4) | high1).wrapping_sub(16);
+        }
+        out.extend_from_slice(&block[..2]);
+        out.extend_from_slice(&q);
+    }
+    let storage =
+        QStorage::from_data(Cow::Owned(out), device, GgmlDType::Q8_0).map_err(|e| e.to_string())?;
+    QTensor::new(storage, t.shape()).map_err(|e| e.to_string())
 }
 
 fn value_u32(v: &Value) -> Option<u32> {
@@ -396,6 +495,30 @@ pub fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> Result<QTen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q5_0_becomes_q8_0_with_the_same_values() {
+        let device = Device::Cpu;
+        let t = Tensor::randn(0f32, 1.0, (4, 64), &device).unwrap();
+        let q5 = QTensor::quantize(&t, GgmlDType::Q5_0).unwrap();
+        let q8 = q5_0_as_q8_0(&q5, &device).unwrap();
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        let a: Vec<f32> = q5
+            .dequantize(&device)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = q8
+            .dequantize(&device)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b);
+    }
 
     #[test]
     fn unpermute_moves_pairs_to_halves() {

@@ -2,12 +2,16 @@
 //! Python vLLM backend.
 //!
 //! The model code ([`model`]) is ours and runs batches of sequences at different positions
-//! in one forward; [`gguf`] loads quantized GGUF weights and [`tokenizer`] rebuilds the
-//! model's tokenizer from GGUF metadata; [`engine`] serves them through backend-common's
-//! gRPC service, chat templates and parsers.
+//! in one forward; [`gguf`] loads quantized GGUF weights and [`hf`] Hugging Face folders,
+//! [`tokenizer`] rebuilds the model's tokenizer from GGUF metadata or reads `tokenizer.json`;
+//! [`export`] writes a GGUF out as a Hugging Face folder; [`engine`] serves them through
+//! backend-common's gRPC service, chat templates and parsers.
 
+pub mod bf16_matmul;
 pub mod engine;
+pub mod export;
 pub mod gguf;
+pub mod hf;
 pub mod model;
 pub mod sampler;
 pub mod settings;

@@ -1,23 +1,119 @@
 //! `backend-vllm-rs`: a LocalAI backend worker on candle.
 //!
 //! Started by LocalAI as `run.sh --addr HOST:PORT`; serves the `backend.Backend` gRPC
-//! service for one model at a time.
+//! service for one model at a time. `backend-vllm-rs render` prints the exact prompt a
+//! request would produce; `backend-vllm-rs export-hf` writes a GGUF out as a Hugging Face
+//! folder.
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
+use backend_common::chat::{ChatSetup, PromptRequest};
 use backend_common::cli::ServeArgs;
-use backend_vllm_rs::engine::CandleEngine;
+use backend_common::engine::EngineError;
+use backend_common::options::Options;
+use backend_vllm_rs::engine::{self, CandleEngine};
+use backend_vllm_rs::export;
 
-/// A LocalAI gRPC backend worker on candle (vLLM's options, GGUF models).
+/// A LocalAI gRPC backend worker on candle (vLLM's options; GGUF files and Hugging Face
+/// folders).
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
 }
 
+/// Weight dtypes `export-hf` can write.
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportDType {
+    Bf16,
+    F16,
+    F32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the prompt a request renders to through the model's chat template (dry run).
+    Render {
+        /// The GGUF file or Hugging Face folder (its weights are not read).
+        #[arg(long)]
+        model: PathBuf,
+        /// A JSON file with `Messages`, `Tools`, `ToolChoice`, `Metadata` (or `Prompt`).
+        #[arg(long)]
+        request: PathBuf,
+        /// `key:value` model options, as in LoadModel (e.g. `tool_parser:hermes`).
+        #[arg(long = "option")]
+        options: Vec<String>,
+    },
+    /// Write a GGUF model out as a Hugging Face folder (config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json, generation_config.json).
+    ExportHf {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// The folder to write (created if missing).
+        dir: PathBuf,
+        /// Dtype of the written weights.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: ExportDType,
+    },
+}
+
+fn render(model: &Path, request: &Path, options: &[String]) -> Result<String, EngineError> {
+    let json = std::fs::read_to_string(request).map_err(|e| {
+        EngineError::InvalidArgument(format!("cannot read {}: {e}", request.display()))
+    })?;
+    let req = PromptRequest::from_json(&json)?.into_predict_options();
+    let info = engine::describe(model)?;
+    let file_name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let setup = ChatSetup::new(&info, &file_name, &Options::parse(options))?;
+    Ok(setup.prepare(&req)?.prompt.text)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    backend_common::server::run(CandleEngine::new(), &cli.serve)
+    let Some(command) = cli.command else {
+        return backend_common::server::run(CandleEngine::new(), &cli.serve);
+    };
+    backend_common::server::init_logging();
+    let result = match command {
+        Command::Render {
+            model,
+            request,
+            options,
+        } => render(&model, &request, &options).map(|prompt| print!("{prompt}")),
+        Command::ExportHf { gguf, dir, dtype } => {
+            let dtype = match dtype {
+                ExportDType::Bf16 => candle_core::DType::BF16,
+                ExportDType::F16 => candle_core::DType::F16,
+                ExportDType::F32 => candle_core::DType::F32,
+            };
+            export::export_hf(&gguf, &dir, dtype)
+                .map(|summary| {
+                    eprintln!(
+                        "wrote {} tensors ({} MiB) and the tokenizer to {}",
+                        summary.tensors,
+                        summary.weight_bytes >> 20,
+                        dir.display()
+                    );
+                })
+                .map_err(|e| EngineError::InvalidModel {
+                    path: gguf.clone(),
+                    reason: e.to_string(),
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

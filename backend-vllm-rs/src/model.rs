@@ -1,4 +1,4 @@
-//! The decoder-only transformer of Llama and Qwen2, written for batches.
+//! The decoder-only transformer of Llama, Mistral, Qwen2 and Qwen3, written for batches.
 //!
 //! One [`Model::forward`] runs any number of sequences, each at its own position: their new
 //! tokens are packed into one `(tokens, hidden)` matrix so every weight matmul is done once
@@ -9,10 +9,15 @@
 //!
 //! Per layer (pre-norm): `x += Wo · attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then
 //! `x += Wdown · (silu(Wgate·n(x)) ⊙ Wup·n(x))`, with RMSNorm `n`, rotary embeddings in
-//! the half-split ("NeoX") layout and grouped-query attention.
-use std::sync::Arc;
-
-use candle_core::quantized::{QMatMul, QTensor};
+//! the half-split ("NeoX") layout and grouped-query attention. Qwen2 adds biases to the Q,
+//! K and V projections; Qwen3 instead normalises each head's query and key (RMSNorm over
+//! the head) before the rotation.
+//!
+//! Activations, the KV cache and every non-matmul weight are in the model's compute dtype
+//! (f32 on the CPU, where candle computes in f32 whatever the storage); matmul weights keep
+//! their own form: GGUF quantized blocks, or dense f32, f16 or bf16 (the last through
+//! [`crate::bf16_matmul`]).
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
 /// A failure inside the tensor code.
@@ -28,18 +33,54 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 pub enum Arch {
     /// Llama 2/3, SmolLM2: no attention biases.
     Llama,
+    /// Mistral: Llama's layer (its sliding window is wider than the contexts served here).
+    Mistral,
     /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
     Qwen2,
+    /// Qwen3: per-head RMSNorm of queries and keys, no biases.
+    Qwen3,
 }
+
+/// Names of the implemented architectures, for error messages.
+pub const SUPPORTED_ARCHS: &str = "llama, mistral, qwen2, qwen3";
 
 impl Arch {
     /// The architecture called `name` in GGUF `general.architecture`, if implemented.
     pub fn from_gguf_name(name: &str) -> Option<Self> {
         match name {
             "llama" => Some(Arch::Llama),
+            "mistral" => Some(Arch::Mistral),
             "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
             _ => None,
         }
+    }
+
+    /// The architecture of a Hugging Face `config.json` (`architectures[0]` such as
+    /// `Qwen2ForCausalLM`, or its `model_type`), if implemented.
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        match name {
+            "LlamaForCausalLM" | "llama" => Some(Arch::Llama),
+            "MistralForCausalLM" | "mistral" => Some(Arch::Mistral),
+            "Qwen2ForCausalLM" | "qwen2" => Some(Arch::Qwen2),
+            "Qwen3ForCausalLM" | "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// Whether the Q, K and V projections carry biases.
+    pub fn has_qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+
+    /// Whether queries and keys are RMS-normalised per head.
+    pub fn has_qk_norm(self) -> bool {
+        self == Arch::Qwen3
+    }
+
+    /// Whether llama.cpp's GGUF converter permuted the Q/K rows (see [`crate::gguf`]).
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Mistral)
     }
 }
 
@@ -69,9 +110,9 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Bytes of KV cache one token takes (f32 keys and values, all layers).
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.layers * self.kv_heads * self.head_dim * DType::F32.size_in_bytes()) as u64
+    /// Bytes of KV cache one token takes (keys and values of all layers in `dtype`).
+    pub fn kv_bytes_per_token(&self, dtype: DType) -> u64 {
+        (2 * self.layers * self.kv_heads * self.head_dim * dtype.size_in_bytes()) as u64
     }
 }
 
@@ -87,6 +128,8 @@ pub struct Layer {
     pub v: QMatMul,
     /// Q/K/V biases (Qwen2).
     pub qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (Qwen3).
+    pub qk_norm: Option<[Tensor; 2]>,
     /// Attention output projection.
     pub o: QMatMul,
     /// RMSNorm before the MLP.
@@ -102,15 +145,19 @@ pub struct Layer {
 /// All weights of a model, quantized or not.
 pub struct Weights {
     /// Token embeddings, `(vocab, hidden)`.
-    pub embed: Arc<QTensor>,
+    pub embed: QMatMul,
     /// Decoder layers.
     pub layers: Vec<Layer>,
     /// Final RMSNorm.
     pub norm: Tensor,
-    /// Output projection; the embedding itself when tied.
-    pub lm_head: Arc<QTensor>,
+    /// Output projection; the same storage as `embed` when `tied`.
+    pub lm_head: QMatMul,
+    /// Whether the output projection is the embedding itself.
+    pub tied: bool,
     /// Per-frequency divisors of the RoPE inverse frequencies (Llama 3 long context).
     pub rope_factors: Option<Vec<f32>>,
+    /// Compute dtype: activations, KV cache and the non-matmul weights.
+    pub dtype: DType,
 }
 
 /// Key/value cache of one sequence: `(kv_heads, capacity, head_dim)` per layer, filled up
@@ -148,6 +195,7 @@ impl SeqCache {
     fn reserve(
         &mut self,
         config: &ModelConfig,
+        dtype: DType,
         extra: usize,
         limit: usize,
         device: &Device,
@@ -164,8 +212,8 @@ impl SeqCache {
         let shape = (config.kv_heads, capacity, config.head_dim);
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
-            let k = Tensor::zeros(shape, DType::F32, device)?;
-            let v = Tensor::zeros(shape, DType::F32, device)?;
+            let k = Tensor::zeros(shape, dtype, device)?;
+            let v = Tensor::zeros(shape, dtype, device)?;
             if let Some((old_k, old_v)) = self.layers.get(i)
                 && self.len > 0
             {
@@ -199,8 +247,6 @@ pub struct BatchItem<'a> {
 pub struct Model {
     config: ModelConfig,
     weights: Weights,
-    embed: QMatMul,
-    lm_head: QMatMul,
     cos: Tensor,
     sin: Tensor,
     max_positions: usize,
@@ -221,13 +267,10 @@ impl Model {
             max_positions,
             device,
         )?;
-        let embed = QMatMul::QTensor(Arc::clone(&weights.embed));
-        let lm_head = QMatMul::from_arc(Arc::clone(&weights.lm_head))?;
+        let (cos, sin) = (cos.to_dtype(weights.dtype)?, sin.to_dtype(weights.dtype)?);
         Ok(Model {
             config,
             weights,
-            embed,
-            lm_head,
             cos,
             sin,
             max_positions,
@@ -245,30 +288,40 @@ impl Model {
         self.max_positions
     }
 
+    /// The compute dtype (activations and KV cache).
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype
+    }
+
     /// Bytes of weights held.
     pub fn weight_bytes(&self) -> u64 {
         let w = &self.weights;
-        let mut total = w.embed.storage_size_in_bytes() as u64;
-        if !Arc::ptr_eq(&w.embed, &w.lm_head) {
-            total += w.lm_head.storage_size_in_bytes() as u64;
+        let mut total = matmul_bytes(&w.embed);
+        if !w.tied {
+            total += matmul_bytes(&w.lm_head);
         }
-        let tensor_bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-        let qmatmul_bytes = |m: &QMatMul| match m {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
-        };
         total += tensor_bytes(&w.norm);
         for l in &w.layers {
             total += [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
                 .into_iter()
-                .map(qmatmul_bytes)
+                .map(matmul_bytes)
                 .sum::<u64>();
             total += tensor_bytes(&l.attn_norm) + tensor_bytes(&l.ffn_norm);
-            if let Some(b) = &l.qkv_bias {
-                total += b.iter().map(tensor_bytes).sum::<u64>();
-            }
+            let extra = l
+                .qkv_bias
+                .iter()
+                .flatten()
+                .chain(l.qk_norm.iter().flatten());
+            total += extra.map(tensor_bytes).sum::<u64>();
         }
         total
+    }
+
+    /// Bytes of weights one decode step reads: every matmul once, the embedding row aside
+    /// (the output projection is read whole, tied or not).
+    pub fn bytes_read_per_token(&self) -> u64 {
+        let w = &self.weights;
+        self.weight_bytes() - matmul_bytes(&w.embed) + matmul_bytes(&w.lm_head)
     }
 
     /// Runs the new tokens of every item and returns the logits after each item's last
@@ -294,22 +347,31 @@ impl Model {
             ids.extend_from_slice(item.tokens);
             positions.extend((start..start + item.tokens.len()).map(|p| p as u32));
             last_rows.push((ids.len() - 1) as u32);
-            item.cache
-                .reserve(cfg, item.tokens.len(), self.max_positions, &self.device)?;
+            item.cache.reserve(
+                cfg,
+                self.weights.dtype,
+                item.tokens.len(),
+                self.max_positions,
+                &self.device,
+            )?;
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
-        let mut x = self.embed.embedding(&ids)?;
+        let mut x = self
+            .weights
+            .embed
+            .embedding(&ids)?
+            .to_dtype(self.weights.dtype)?;
         for (index, layer) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
             let attn = self.attention(index, layer, &h, &cos, &sin, batch)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let gate = candle_nn::ops::silu(&linear(&layer.gate, &h)?)?;
+            let mlp = linear(&layer.down, &(gate * linear(&layer.up, &h)?)?)?;
             x = (x + mlp)?;
         }
         for item in batch.iter_mut() {
@@ -318,7 +380,7 @@ impl Model {
         let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
         let last = x.index_select(&last_rows, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, cfg.rms_eps as f32)?;
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        Ok(linear(&self.weights.lm_head, &last)?.to_dtype(DType::F32)?)
     }
 
     /// Attention of layer `index` for the packed rows `h`; writes each item's new keys and
@@ -335,18 +397,23 @@ impl Model {
         let cfg = &self.config;
         let total = h.dim(0)?;
         let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let mut q = layer.q.forward(h)?;
-        let mut k = layer.k.forward(h)?;
-        let mut v = layer.v.forward(h)?;
+        let mut q = linear(&layer.q, h)?;
+        let mut k = linear(&layer.k, h)?;
+        let mut v = linear(&layer.v, h)?;
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let q = candle_nn::rotary_emb::rope_thd(&q.reshape((1, total, heads, hd))?, cos, sin)?
-            .squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope_thd(&k.reshape((1, total, kv_heads, hd))?, cos, sin)?
-            .squeeze(0)?;
+        let mut q = q.reshape((1, total, heads, hd))?;
+        let mut k = k.reshape((1, total, kv_heads, hd))?;
+        if let Some([q_norm, k_norm]) = &layer.qk_norm {
+            let eps = cfg.rms_eps as f32;
+            q = candle_nn::ops::rms_norm(&q.contiguous()?, q_norm, eps)?;
+            k = candle_nn::ops::rms_norm(&k.contiguous()?, k_norm, eps)?;
+        }
+        let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
         let v = v.reshape((total, kv_heads, hd))?;
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -377,7 +444,7 @@ impl Model {
                 .reshape((kv_heads, group * n, hd))?;
             let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
             let scores = if n > 1 {
-                let mask = causal_mask(n, start, &self.device)?;
+                let mask = causal_mask(n, start, &self.device)?.to_dtype(scores.dtype())?;
                 scores
                     .reshape((kv_heads, group, n, keys))?
                     .broadcast_add(&mask)?
@@ -394,7 +461,26 @@ impl Model {
             outputs.push(out);
             offset += n;
         }
-        Ok(layer.o.forward(&Tensor::cat(&outputs, 0)?)?)
+        linear(&layer.o, &Tensor::cat(&outputs, 0)?)
+    }
+}
+
+/// `x · wᵀ` for a weight in any form a loader produces.
+fn linear(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    match w {
+        QMatMul::Tensor(t) if t.dtype() == DType::BF16 => Ok(crate::bf16_matmul::matmul(t, x)?),
+        _ => Ok(w.forward(x)?),
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
+fn matmul_bytes(m: &QMatMul) -> u64 {
+    match m {
+        QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
     }
 }
 

@@ -33,6 +33,17 @@ pub enum DTypeChoice {
 }
 
 impl DTypeChoice {
+    /// The compute dtype for weights saved in `saved`.
+    pub fn resolve(self, saved: candle_core::DType) -> candle_core::DType {
+        use candle_core::DType;
+        match self {
+            DTypeChoice::Auto => saved,
+            DTypeChoice::F32 => DType::F32,
+            DTypeChoice::F16 => DType::F16,
+            DTypeChoice::Bf16 => DType::BF16,
+        }
+    }
+
     fn parse(raw: &str) -> Result<Self, EngineError> {
         Ok(match raw.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => DTypeChoice::Auto,
@@ -51,7 +62,7 @@ impl DTypeChoice {
 /// Everything LoadModel decides before reading the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSettings {
-    /// The GGUF file.
+    /// The GGUF file or Hugging Face folder.
     pub path: PathBuf,
     /// Longest sequence (prompt + output) served; `None` means the model's trained context.
     pub max_model_len: Option<usize>,
@@ -73,6 +84,15 @@ impl LoadSettings {
             return Err(EngineError::Unimplemented(
                 "TensorParallelSize > 1 (serving one model across several GPUs)",
             ));
+        }
+        match o.quantization.trim().to_ascii_lowercase().as_str() {
+            // GGUF files carry their own quantization; a folder runs dense.
+            "" | "none" | "gguf" => {}
+            other => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "Quantization `{other}` is not supported: load a GGUF file for quantized weights, or leave Quantization empty for a dense folder"
+                )));
+            }
         }
         let extra = &req.extra;
         let max_model_len = match extra.get_int::<i64>(&["max_model_len"])? {
@@ -207,6 +227,10 @@ mod tests {
             },
             ModelOptions {
                 options: vec!["enforce_eager:maybe".into()],
+                ..Default::default()
+            },
+            ModelOptions {
+                quantization: "awq".into(),
                 ..Default::default()
             },
         ] {

@@ -5,6 +5,7 @@
 //! Hugging Face `tokenizers` pipeline so ids match llama.cpp's. Control and user-defined
 //! tokens become added tokens, so `<|im_start|>` written in a prompt is one token.
 use std::collections::HashSet;
+use std::path::Path;
 
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::normalizers::unicode::NFC;
@@ -143,6 +144,39 @@ fn byte_level_decode(text: &str, inverse: &std::collections::HashMap<char, u8>) 
     out
 }
 
+/// The bytes of a SentencePiece-style token: `▁` is a space, `<0xNN>` one byte.
+fn sentencepiece_piece(token: &str) -> Vec<u8> {
+    if let Some(hex) = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'))
+        && hex.len() == 2
+        && let Ok(byte) = u8::from_str_radix(hex, 16)
+    {
+        return vec![byte];
+    }
+    token.replace('\u{2581}', " ").into_bytes()
+}
+
+/// Whether a `tokenizer.json` post-processor puts `token` first in single sequences
+/// (`TemplateProcessing`, possibly inside a `Sequence`).
+fn post_processor_starts_with(processor: Option<&serde_json::Value>, token: &str) -> bool {
+    let Some(processor) = processor else {
+        return false;
+    };
+    if let Some(first) = processor.get("single").and_then(|s| s.get(0)) {
+        return first
+            .get("SpecialToken")
+            .and_then(|t| t.get("id"))
+            .and_then(|id| id.as_str())
+            == Some(token);
+    }
+    processor
+        .get("processors")
+        .and_then(|p| p.as_array())
+        .is_some_and(|list| {
+            list.iter()
+                .any(|p| post_processor_starts_with(Some(p), token))
+        })
+}
+
 fn split(regex: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
     Split::new(
         SplitPattern::Regex(regex.to_string()),
@@ -241,23 +275,136 @@ impl ModelTokenizer {
         let control: Vec<bool> = (0..spec.tokens.len())
             .map(|i| kind(i) == token_type::CONTROL)
             .collect();
-        let mut eog: HashSet<u32> = [spec.eos, spec.eot].into_iter().flatten().collect();
-        for (i, text) in spec.tokens.iter().enumerate() {
-            if control[i] && EOG_TEXTS.contains(&text.as_str()) {
-                eog.insert(i as u32);
-            }
-        }
-        let text_of = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize)).cloned();
-        Ok(ModelTokenizer {
+        Ok(Self::assemble(
             inner,
             pieces,
             control,
-            bos: spec.bos,
-            add_bos: spec.add_bos,
+            spec.bos,
+            spec.add_bos,
+            spec.eos,
+            spec.eot.into_iter(),
+        ))
+    }
+
+    /// The tokenizer of a Hugging Face folder: `tokenizer.json` (byte-level BPE, or
+    /// SentencePiece-style BPE with byte fallback), BOS/EOS from `tokenizer_config.json`, and
+    /// `eos_ids` (from `generation_config.json` and `config.json`) as end of generation.
+    pub fn from_hf_dir(dir: &Path, eos_ids: &[u32]) -> Result<Self, TokenizerError> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            TokenizerError::Build(format!(
+                "{} cannot be read ({e}); the folder needs its tokenizer.json",
+                path.display()
+            ))
+        })?;
+        let inner = Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TokenizerError::Build(e.to_string()))?;
+        let decoder = json
+            .get("decoder")
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let byte_level = decoder.contains("ByteLevel");
+        if !byte_level && !decoder.contains("ByteFallback") && !decoder.contains("Metaspace") {
+            return Err(TokenizerError::Build(format!(
+                "tokenizer.json's decoder is neither byte-level nor SentencePiece-style BPE: {decoder}"
+            )));
+        }
+        let config: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let token_text = |key: &str| match config.get(key) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Object(o)) => {
+                o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
+            }
+            _ => None,
+        };
+        let bos = token_text("bos_token").and_then(|t| inner.token_to_id(&t));
+        let eos = token_text("eos_token").and_then(|t| inner.token_to_id(&t));
+        let add_bos = match config.get("add_bos_token").and_then(|v| v.as_bool()) {
+            Some(add) => add,
+            None => bos
+                .and_then(|b| inner.id_to_token(b))
+                .is_some_and(|b| post_processor_starts_with(json.get("post_processor"), &b)),
+        };
+        let added = inner.get_added_tokens_decoder();
+        let size = inner.get_vocab_size(true);
+        let table = byte_level_chars();
+        let inverse: std::collections::HashMap<char, u8> = table
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut pieces = Vec::with_capacity(size);
+        let mut control = Vec::with_capacity(size);
+        for id in 0..size as u32 {
+            let (piece, special) = match added.get(&id) {
+                Some(token) => (token.content.as_bytes().to_vec(), token.special),
+                None => match inner.id_to_token(id) {
+                    Some(t) if byte_level => (byte_level_decode(&t, &inverse), false),
+                    Some(t) => (sentencepiece_piece(&t), false),
+                    None => (Vec::new(), false),
+                },
+            };
+            pieces.push(piece);
+            control.push(special);
+        }
+        Ok(Self::assemble(
+            inner,
+            pieces,
+            control,
+            bos,
+            add_bos,
+            eos.or_else(|| eos_ids.first().copied()),
+            eos_ids.iter().copied(),
+        ))
+    }
+
+    /// The tokenizer from its parts; end of generation is `eos`, `more_eog` and the control
+    /// tokens llama.cpp treats as such.
+    fn assemble(
+        inner: Tokenizer,
+        pieces: Vec<Vec<u8>>,
+        control: Vec<bool>,
+        bos: Option<u32>,
+        add_bos: bool,
+        eos: Option<u32>,
+        more_eog: impl Iterator<Item = u32>,
+    ) -> Self {
+        let mut eog: HashSet<u32> = eos.into_iter().chain(more_eog).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            if control[i] && EOG_TEXTS.iter().any(|t| t.as_bytes() == piece.as_slice()) {
+                eog.insert(i as u32);
+            }
+        }
+        let text_of = |id: Option<u32>| {
+            id.and_then(|i| pieces.get(i as usize))
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+        };
+        let (bos_text, eos_text) = (text_of(bos), text_of(eos));
+        ModelTokenizer {
+            inner,
+            pieces,
+            control,
+            bos,
+            add_bos,
             eog,
-            bos_text: text_of(spec.bos),
-            eos_text: text_of(spec.eos),
-        })
+            bos_text,
+            eos_text,
+        }
+    }
+
+    /// The `tokenizers` tokenizer, e.g. to write it as `tokenizer.json`.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// The BOS id and whether prompts start with it.
+    pub fn bos(&self) -> (Option<u32>, bool) {
+        (self.bos, self.add_bos)
     }
 
     /// Ids of `text`, special tokens written in it parsed as such; BOS first when `add_bos`

@@ -1,5 +1,8 @@
 //! The candle worker end to end: the real binary, real gRPC over loopback, the real
-//! SmolLM2-135M and Qwen2.5-Coder-0.5B GGUFs (fetched by `scripts/fetch-models.sh`).
+//! SmolLM2-135M and Qwen2.5-Coder-0.5B GGUFs (fetched by `scripts/fetch-models.sh`) and the
+//! Hugging Face folders exported from them.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,13 +35,13 @@ fn load_options(name: &str, options: &[&str]) -> ModelOptions {
 }
 
 async fn started_with(name: &str, options: &[&str]) -> (Worker, Client) {
+    start_loaded(load_options(name, options)).await
+}
+
+async fn start_loaded(options: ModelOptions) -> (Worker, Client) {
     let worker = start(BINARY.as_ref()).await;
     let mut client = worker.client(None).await.unwrap();
-    let loaded = client
-        .load_model(load_options(name, options))
-        .await
-        .unwrap()
-        .into_inner();
+    let loaded = client.load_model(options).await.unwrap().into_inner();
     assert!(loaded.success, "{}", loaded.message);
     (worker, client)
 }
@@ -251,6 +254,15 @@ async fn token_ids(client: &mut Client) -> Vec<Vec<i32>> {
     out
 }
 
+/// Load options for the Hugging Face folder exported from GGUF `name` (f32 weights).
+fn folder_options(name: &str, options: &[&str]) -> ModelOptions {
+    let mut o = load_options(name, options);
+    o.model_file = common::exported(name, candle_core::DType::F32)
+        .display()
+        .to_string();
+    o
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tokenize_equals_llamacpp() {
     let llamacpp = start(&llamacpp_binary()).await;
@@ -258,20 +270,118 @@ async fn tokenize_equals_llamacpp() {
     let ours = start(BINARY.as_ref()).await;
     let mut client = ours.client(None).await.unwrap();
     for name in [SMOLLM2, QWEN] {
-        for c in [&mut reference, &mut client] {
-            let loaded = c
-                .load_model(load_options(name, &[]))
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(loaded.success);
-        }
+        let loaded = reference
+            .load_model(load_options(name, &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(loaded.success);
         let expected = token_ids(&mut reference).await;
-        let got = token_ids(&mut client).await;
-        for ((s, e), g) in TOKENIZER_STRINGS.iter().zip(&expected).zip(&got) {
-            assert_eq!(g, e, "{name}: {s:?}");
+        // The GGUF, then the folder exported from it (its own tokenizer.json).
+        for (form, options) in [
+            ("GGUF", load_options(name, &[])),
+            ("folder", folder_options(name, &[])),
+        ] {
+            let loaded = client.load_model(options).await.unwrap().into_inner();
+            assert!(loaded.success, "{}", loaded.message);
+            let got = token_ids(&mut client).await;
+            for ((s, e), g) in TOKENIZER_STRINGS.iter().zip(&expected).zip(&got) {
+                assert_eq!(g, e, "{name} {form}: {s:?}");
+            }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hugging_face_folder_answers_like_the_gguf() {
+    let (_worker, mut client) = start_loaded(folder_options(QWEN, &[])).await;
+    let reply = client
+        .predict(chat("What is the capital of France?", 12))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = String::from_utf8_lossy(&reply.message);
+    assert_eq!(answer, "The capital of France is Paris.");
+    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+    let weights = status.memory.unwrap().breakdown["weights"];
+    // f32 weights: four bytes for each of Qwen's ~494M parameters.
+    assert!(weights > 1_900_000_000, "{weights}");
+}
+
+#[test]
+fn export_hf_and_render_from_the_command_line() {
+    let scratch = std::env::temp_dir().join(format!("vllm-rs-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = std::process::Command::new(BINARY)
+        .args(["export-hf", "--dtype", "f16"])
+        .arg(model(SMOLLM2))
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(scratch.join(file).is_file(), "{file} not written");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scratch.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["torch_dtype"], "float16");
+
+    // The folder renders the same prompt as the GGUF it came from.
+    let request = scratch.join("request.json");
+    std::fs::write(
+        &request,
+        r#"{"Messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#,
+    )
+    .unwrap();
+    let render = |model: &Path| {
+        let out = std::process::Command::new(BINARY)
+            .args(["render", "--model"])
+            .arg(model)
+            .arg("--request")
+            .arg(&request)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_gguf = render(&model(SMOLLM2));
+    assert!(
+        from_gguf.contains("<|im_start|>user\nHi<|im_end|>"),
+        "{from_gguf}"
+    );
+    assert_eq!(render(&scratch), from_gguf);
+
+    let not_gguf = scratch.join("notes.gguf");
+    std::fs::write(&not_gguf, b"not a model").unwrap();
+    let out = std::process::Command::new(BINARY)
+        .arg("export-hf")
+        .arg(&not_gguf)
+        .arg(scratch.join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.gguf") && stderr.contains("GGUF"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,10 +456,24 @@ async fn bad_loads_name_the_problem_and_keep_the_model() {
     std::fs::write(&not_gguf, b"hello, not a model").unwrap();
     let foreign = scratch.join("gemma.gguf");
     foreign_gguf(&foreign);
+    // A folder with a config.json but no weights or tokenizer.
+    let folder = scratch.join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "vocab_size": 4, "rms_norm_eps": 1e-6}"#,
+    )
+    .unwrap();
     for (path, code, needle) in [
         (&not_gguf, Code::InvalidArgument, "GGUF"),
         (&foreign, Code::InvalidArgument, "gemma3"),
-        (&scratch, Code::InvalidArgument, "directory"),
+        (&scratch, Code::InvalidArgument, "config.json is missing"),
+        (
+            &folder,
+            Code::InvalidArgument,
+            "model.safetensors is missing",
+        ),
     ] {
         let mut bad = load_options(SMOLLM2, &[]);
         bad.model_file = path.display().to_string();
@@ -358,6 +482,19 @@ async fn bad_loads_name_the_problem_and_keep_the_model() {
         assert!(e.message().contains(needle), "{e}");
     }
     std::fs::remove_dir_all(&scratch).unwrap();
+
+    // A hub id with no local copy: nothing is downloaded, and the message says where the
+    // copy was looked for.
+    let mut hub = load_options(SMOLLM2, &[]);
+    hub.model = "no-such-org/no-such-model".into();
+    hub.model_file.clear();
+    let e = client.load_model(hub).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert!(
+        e.message().contains("models--no-such-org--no-such-model")
+            && e.message().contains("does not download"),
+        "{e}"
+    );
 
     let mut parallel = load_options(SMOLLM2, &[]);
     parallel.tensor_parallel_size = 2;

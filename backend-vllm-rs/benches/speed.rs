@@ -1,0 +1,245 @@
+//! Speed of the candle worker, each figure against a peer measured in the same run:
+//!
+//! 1. Single-stream prefill and decode tokens/s on the Qwen2.5-Coder-0.5B Q4_K_M GGUF, this
+//!    worker against backend-llamacpp (both real binaries over gRPC on loopback, same file,
+//!    threads, prompt and greedy decoding; timings as each worker reports them). Target
+//!    ratio >= 0.8, goal >= 1.0.
+//! 2. LoadModel wall time and peak resident memory (VmHWM) of both workers for that file.
+//! 3. Decode tokens/s of the bf16 Hugging Face folder exported from that GGUF, in this process,
+//!    against the memory-bandwidth bound measured here: bytes of weights one decode step
+//!    reads, over the copy bandwidth of a buffer larger than the caches. Target >= 60%.
+//!
+//! Run: `cargo bench -p backend-vllm-rs --bench speed` (env `BENCH_THREADS`, `BENCH_ROUNDS`).
+//! backend-llamacpp must be built in the same target directory (`cargo build --workspace`).
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use backend_common::pb::{ModelOptions, PredictOptions};
+use backend_vllm_rs::export::export_hf;
+use backend_vllm_rs::hf::HfFolder;
+use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
+use e2e_backends::worker::Worker;
+
+const CONTEXT: i32 = 1024;
+const NEW_TOKENS: i32 = 32;
+
+/// One measured generation.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    prompt_tokens: f64,
+    prompt_s: f64,
+    new_tokens: f64,
+    decode_s: f64,
+}
+
+impl Run {
+    fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens / self.prompt_s
+    }
+    /// The first new token comes with the prefill; the rest are one decode each.
+    fn decode_tps(&self) -> f64 {
+        (self.new_tokens - 1.0) / self.decode_s
+    }
+}
+
+fn best(runs: &[Run], key: fn(&Run) -> f64) -> f64 {
+    runs.iter().map(key).fold(0.0, f64::max)
+}
+
+fn prompt_text() -> String {
+    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. "
+        .repeat(8)
+}
+
+/// Peak resident memory of process `pid` in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A worker's figures.
+struct Measured {
+    load_s: f64,
+    peak_rss: u64,
+    runs: Vec<Run>,
+}
+
+async fn measure_worker(
+    binary: &Path,
+    model: &Path,
+    threads: i32,
+    rounds: usize,
+) -> Result<Measured> {
+    let worker = Worker::start(
+        binary,
+        &[("RUST_LOG", "warn")],
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("starting {}", binary.display()))?;
+    let mut client = worker.client(None).await?;
+    let started = Instant::now();
+    let loaded = client
+        .load_model(ModelOptions {
+            model_file: model.display().to_string(),
+            context_size: CONTEXT,
+            threads,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let load_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(loaded.success, "{}", loaded.message);
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        let mut stream = client
+            .predict_stream(PredictOptions {
+                prompt: prompt_text(),
+                tokens: NEW_TOKENS,
+                temperature: 0.0,
+                ignore_eos: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(reply) = stream.message().await? {
+            last = Some(reply);
+        }
+        let last = last.context("empty stream")?;
+        runs.push(Run {
+            prompt_tokens: last.prompt_tokens as f64,
+            prompt_s: last.timing_prompt_processing / 1000.0,
+            new_tokens: last.tokens as f64,
+            decode_s: last.timing_token_generation / 1000.0,
+        });
+    }
+    let peak_rss = worker.pid().and_then(peak_rss).unwrap_or(0);
+    worker.stop(Duration::from_secs(5)).await?;
+    Ok(Measured {
+        load_s,
+        peak_rss,
+        runs,
+    })
+}
+
+/// Bytes per second of copying a 512 MiB buffer (read and write both counted as in `STREAM`'s
+/// copy: the bytes read), best of a few rounds, split over `threads` threads.
+fn copy_bandwidth(threads: usize) -> f64 {
+    const SIZE: usize = 512 << 20;
+    let src = vec![1u8; SIZE];
+    let mut dst = vec![0u8; SIZE];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let chunk = SIZE / threads;
+            for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                s.spawn(move || d.copy_from_slice(c));
+            }
+        });
+        best = best.max(SIZE as f64 / start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    best
+}
+
+/// Decode tokens/s of the model in `dir` (bf16), in this process; and its bytes read per token.
+fn folder_decode(dir: &Path, prompt_len: usize, rounds: usize) -> Result<(f64, u64)> {
+    let folder = HfFolder::open(dir)?;
+    let weights = folder.weights(DType::BF16, &Device::Cpu)?;
+    let model = Model::new(
+        folder.model_config.clone(),
+        weights,
+        CONTEXT as usize,
+        &Device::Cpu,
+    )?;
+    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + i).collect();
+    let mut best = 0f64;
+    for _ in 0..rounds {
+        let mut cache = SeqCache::new();
+        model.forward(&mut [BatchItem {
+            tokens: &prompt,
+            cache: &mut cache,
+        }])?;
+        let start = Instant::now();
+        for step in 0..NEW_TOKENS as u32 - 1 {
+            model.forward(&mut [BatchItem {
+                tokens: &[2000 + step],
+                cache: &mut cache,
+            }])?;
+        }
+        best = best.max((NEW_TOKENS - 1) as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok((best, model.bytes_read_per_token()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let threads: i32 = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    let ours_bin = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
+    let llama_bin = ours_bin.with_file_name("backend-llamacpp");
+    anyhow::ensure!(
+        llama_bin.is_file(),
+        "{} is missing: build the workspace first",
+        llama_bin.display()
+    );
+    println!(
+        "{}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}",
+        gguf.display()
+    );
+
+    let llama = measure_worker(&llama_bin, &gguf, threads, rounds).await?;
+    let ours = measure_worker(&ours_bin, &gguf, threads, rounds).await?;
+    println!(
+        "{:<18} {:>14} {:>14} {:>10} {:>14}",
+        "", "prefill tok/s", "decode tok/s", "load s", "peak RSS MiB"
+    );
+    for (name, m) in [("backend-llamacpp", &llama), ("backend-vllm-rs", &ours)] {
+        println!(
+            "{name:<18} {:>14.1} {:>14.2} {:>10.2} {:>14}",
+            best(&m.runs, Run::prefill_tps),
+            best(&m.runs, Run::decode_tps),
+            m.load_s,
+            m.peak_rss >> 20
+        );
+    }
+    println!(
+        "{:<18} {:>14.3} {:>14.3} {:>10.2} {:>14.2}   (vllm-rs / llamacpp; target >= 0.8 for tok/s)",
+        "ratio",
+        best(&ours.runs, Run::prefill_tps) / best(&llama.runs, Run::prefill_tps),
+        best(&ours.runs, Run::decode_tps) / best(&llama.runs, Run::decode_tps),
+        ours.load_s / llama.load_s,
+        ours.peak_rss as f64 / llama.peak_rss.max(1) as f64
+    );
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-qwen-bf16");
+    if !dir.join("config.json").is_file() {
+        export_hf(&gguf, &dir, DType::BF16)?;
+    }
+    let bandwidth = copy_bandwidth(threads as usize);
+    let (tps, bytes) = folder_decode(&dir, 64, rounds)?;
+    let bound = bandwidth / bytes as f64;
+    println!(
+        "bf16 folder decode: {tps:.2} tok/s; {} MiB of weights read per token at {:.1} GB/s copy bandwidth bound it to {bound:.2} tok/s: {:.0}% of the bound (target >= 60%)",
+        bytes >> 20,
+        bandwidth / 1e9,
+        100.0 * tps / bound
+    );
+    Ok(())
+}
