@@ -385,29 +385,25 @@ impl GgufFile {
     }
 }
 
-/// Whether candle multiplies `dtype` with scalar code only (no AVX kernel): Q5_0 (used by
-/// llama.cpp's Q4_K_M for every matrix whose rows are not a multiple of 256), Q4_1, Q5_1.
+/// Whether a matmul weight of `dtype` is re-encoded at load: Q5_0, which llama.cpp's Q4_K_M
+/// uses for every matrix whose rows are not a multiple of 256 and which candle multiplies with
+/// scalar code only. (Q4_1 and Q5_1, also scalar in candle, have no exact faster form: their
+/// per-block offset does not fit Q8_0, and re-quantizing would change the model's logits.)
 fn needs_fast_form(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q4_1 | GgmlDType::Q5_1)
+    dtype == GgmlDType::Q5_0
 }
 
-/// A matmul over `t`, re-encoded as Q8_0 (which has AVX2 and AVX-512 kernels) where its own
-/// type has only scalar ones: exactly for Q5_0, whose 5-bit integers fit Q8_0's 8 with the
-/// same scale; to the nearest 8-bit step for the offset types Q4_1 and Q5_1.
+/// A matmul over `t`; Q5_0 becomes Q8_0 (AVX2 and AVX-512 kernels) with identical values,
+/// its 5-bit integers fitting Q8_0's 8 under the same scale.
 fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
     let tensor_error = |reason: String| GgufError::Tensor {
         name: name.to_string(),
         reason,
     };
-    let t = match t.dtype() {
-        GgmlDType::Q5_0 => q5_0_as_q8_0(&t, device).map_err(tensor_error)?,
-        dtype if needs_fast_form(dtype) => {
-            let dense = t
-                .dequantize(device)
-                .map_err(|e| tensor_error(e.to_string()))?;
-            QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(|e| tensor_error(e.to_string()))?
-        }
-        _ => t,
+    let t = if needs_fast_form(t.dtype()) {
+        q5_0_as_q8_0(&t, device).map_err(tensor_error)?
+    } else {
+        t
     };
     QMatMul::from_qtensor(t).map_err(|e| tensor_error(e.to_string()))
 }
