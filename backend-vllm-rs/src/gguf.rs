@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::{Arch, Layer, ModelConfig, Weights};
+use crate::model::{Arch, Layer, Linear, ModelConfig, Weights};
 use crate::tokenizer::VocabSpec;
 
 /// A GGUF file could not be used.
@@ -276,7 +276,7 @@ impl GgufFile {
         })
     }
 
-    fn matmul(&mut self, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
+    fn matmul(&mut self, name: &str, device: &Device) -> Result<Linear, GgufError> {
         let t = self.tensor(name, device)?;
         matmul_form(t, name, device)
     }
@@ -288,7 +288,7 @@ impl GgufFile {
         arch: Arch,
         heads: usize,
         device: &Device,
-    ) -> Result<QMatMul, GgufError> {
+    ) -> Result<Linear, GgufError> {
         let t = self.tensor(name, device)?;
         let t = if arch.gguf_permutes_qk() {
             unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
@@ -305,21 +305,20 @@ impl GgufFile {
     pub fn weights(&mut self, config: &ModelConfig, device: &Device) -> Result<Weights, GgufError> {
         let embed = Arc::new(self.tensor("token_embd.weight", device)?);
         let has_head = self.has_tensor("output.weight");
-        // A tied output projection shares the embedding's storage unless that needs re-encoding.
-        let tied = !has_head && !needs_fast_form(embed.dtype());
-        let lm_head = if tied {
-            QMatMul::from_arc(Arc::clone(&embed)).map_err(|e| GgufError::Tensor {
-                name: "token_embd.weight".into(),
-                reason: e.to_string(),
-            })?
-        } else {
-            let name = if has_head {
-                "output.weight"
-            } else {
-                "token_embd.weight"
-            };
-            self.matmul(name, device)?
+        let tensor_error = |e: candle_core::Error| GgufError::Tensor {
+            name: "token_embd.weight".into(),
+            reason: e.to_string(),
         };
+        let lm_head = if has_head {
+            self.matmul("output.weight", device)?
+        } else if needs_fast_form(embed.dtype()) {
+            self.matmul("token_embd.weight", device)?
+        } else {
+            Linear::new(QMatMul::from_arc(Arc::clone(&embed)).map_err(tensor_error)?)
+                .map_err(tensor_error)?
+        };
+        // Tied when the output projection is the embedding's own storage (not a repacked copy).
+        let tied = !has_head && matches!(lm_head, Linear::Candle(_));
         let rope_factors = if self.has_tensor("rope_freqs.weight") {
             let t = self.dense("rope_freqs.weight", device)?;
             Some(t.to_vec1::<f32>().map_err(|e| GgufError::Tensor {
@@ -393,9 +392,9 @@ fn needs_fast_form(dtype: GgmlDType) -> bool {
     dtype == GgmlDType::Q5_0
 }
 
-/// A matmul over `t`; Q5_0 becomes Q8_0 (AVX2 and AVX-512 kernels) with identical values,
+/// The matmul of `t` (see [`Linear::new`]); Q5_0 becomes Q8_0 (AVX2 and AVX-512 kernels) with identical values,
 /// its 5-bit integers fitting Q8_0's 8 under the same scale.
-fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<QMatMul, GgufError> {
+fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<Linear, GgufError> {
     let tensor_error = |reason: String| GgufError::Tensor {
         name: name.to_string(),
         reason,
@@ -405,7 +404,9 @@ fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<QMatMul, GgufE
     } else {
         t
     };
-    QMatMul::from_qtensor(t).map_err(|e| tensor_error(e.to_string()))
+    QMatMul::from_qtensor(t)
+        .and_then(Linear::new)
+        .map_err(|e| tensor_error(e.to_string()))
 }
 
 /// Bytes of a Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{Arch, Layer, ModelConfig, SUPPORTED_ARCHS, Weights};
+use crate::model::{Arch, Layer, Linear, ModelConfig, SUPPORTED_ARCHS, Weights};
 
 /// A Hugging Face folder could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -309,10 +309,14 @@ impl HfFolder {
         let dense = |name: &str, shape: &[usize]| {
             let t = load_as(name, shape, dtype)?;
             // f16 runs through candle's f16 gemm; bf16 through the model's own kernel.
-            Ok::<_, HfError>(if dtype == DType::F16 {
+            let m = if dtype == DType::F16 {
                 QMatMul::TensorF16(t)
             } else {
                 QMatMul::Tensor(t)
+            };
+            Linear::new(m).map_err(|e| HfError::Weight {
+                name: name.to_string(),
+                reason: e.to_string(),
             })
         };
         let (hidden, hd) = (cfg.hidden, cfg.head_dim);
@@ -365,15 +369,23 @@ impl HfFolder {
                 )?,
             });
         }
-        let embed = dense("model.embed_tokens.weight", &[cfg.vocab, hidden])?;
+        let embed = load_as("model.embed_tokens.weight", &[cfg.vocab, hidden], dtype)?;
         let tied = self.config.tie_word_embeddings || !has(&st, "lm_head.weight");
         let lm_head = if tied {
-            embed.clone()
+            let shared = if dtype == DType::F16 {
+                QMatMul::TensorF16(embed.clone())
+            } else {
+                QMatMul::Tensor(embed.clone())
+            };
+            Linear::new(shared).map_err(|e| HfError::Weight {
+                name: "model.embed_tokens.weight".into(),
+                reason: e.to_string(),
+            })?
         } else {
             dense("lm_head.weight", &[cfg.vocab, hidden])?
         };
         Ok(Weights {
-            embed,
+            embed: QMatMul::Tensor(embed),
             layers,
             norm: load("model.norm.weight", &[hidden])?,
             lm_head,

@@ -13,6 +13,7 @@ pub mod export;
 pub mod gguf;
 pub mod hf;
 pub mod model;
+pub mod q8_matmul;
 pub mod sampler;
 pub mod settings;
 pub mod tokenizer;

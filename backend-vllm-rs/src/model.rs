@@ -18,6 +18,8 @@
 //! their own form: GGUF quantized blocks, or dense f32, f16 or bf16 (the last through
 //! [`crate::bf16_matmul`]).
 use candle_core::quantized::QMatMul;
+
+use crate::q8_matmul::Q8Weight;
 use candle_core::{DType, Device, Module, Tensor};
 
 /// A failure inside the tensor code.
@@ -116,30 +118,72 @@ impl ModelConfig {
     }
 }
 
+/// A weight matmul, in the form this CPU runs fastest.
+pub enum Linear {
+    /// candle's quantized (k-quants) or dense f32/f16 matmul.
+    Candle(QMatMul),
+    /// bf16 weights, through [`crate::bf16_matmul`].
+    Bf16(Tensor),
+    /// Q8_0 weights, through [`crate::q8_matmul`].
+    Q8(Q8Weight),
+}
+
+impl Linear {
+    /// The fastest form of `m`: Q8_0 blocks and bf16 tensors get this crate's kernels.
+    pub fn new(m: QMatMul) -> candle_core::Result<Self> {
+        Ok(match m {
+            QMatMul::QTensor(q) => match Q8Weight::from_qtensor(&q)? {
+                Some(w) => Linear::Q8(w),
+                None => Linear::Candle(QMatMul::QTensor(q)),
+            },
+            QMatMul::Tensor(t) if t.dtype() == DType::BF16 => Linear::Bf16(t),
+            other => Linear::Candle(other),
+        })
+    }
+
+    /// `x · wᵀ`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Candle(m) => m.forward(x)?,
+            Linear::Bf16(w) => crate::bf16_matmul::matmul(w, x)?,
+            Linear::Q8(w) => w.matmul(x)?,
+        })
+    }
+
+    /// Bytes of the weight.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Linear::Candle(m) => matmul_bytes(m),
+            Linear::Bf16(t) => tensor_bytes(t),
+            Linear::Q8(w) => w.bytes(),
+        }
+    }
+}
+
 /// One decoder layer's weights.
 pub struct Layer {
     /// RMSNorm before attention.
     pub attn_norm: Tensor,
     /// Query projection, rows in half-split RoPE order.
-    pub q: QMatMul,
+    pub q: Linear,
     /// Key projection, rows in half-split RoPE order.
-    pub k: QMatMul,
+    pub k: Linear,
     /// Value projection.
-    pub v: QMatMul,
+    pub v: Linear,
     /// Q/K/V biases (Qwen2).
     pub qkv_bias: Option<[Tensor; 3]>,
     /// Per-head RMSNorm weights of queries and keys (Qwen3).
     pub qk_norm: Option<[Tensor; 2]>,
     /// Attention output projection.
-    pub o: QMatMul,
+    pub o: Linear,
     /// RMSNorm before the MLP.
     pub ffn_norm: Tensor,
     /// MLP gate projection.
-    pub gate: QMatMul,
+    pub gate: Linear,
     /// MLP up projection.
-    pub up: QMatMul,
+    pub up: Linear,
     /// MLP down projection.
-    pub down: QMatMul,
+    pub down: Linear,
 }
 
 /// All weights of a model, quantized or not.
@@ -151,7 +195,7 @@ pub struct Weights {
     /// Final RMSNorm.
     pub norm: Tensor,
     /// Output projection; the same storage as `embed` when `tied`.
-    pub lm_head: QMatMul,
+    pub lm_head: Linear,
     /// Whether the output projection is the embedding itself.
     pub tied: bool,
     /// Per-frequency divisors of the RoPE inverse frequencies (Llama 3 long context).
@@ -298,13 +342,13 @@ impl Model {
         let w = &self.weights;
         let mut total = matmul_bytes(&w.embed);
         if !w.tied {
-            total += matmul_bytes(&w.lm_head);
+            total += w.lm_head.bytes();
         }
         total += tensor_bytes(&w.norm);
         for l in &w.layers {
             total += [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
                 .into_iter()
-                .map(matmul_bytes)
+                .map(Linear::bytes)
                 .sum::<u64>();
             total += tensor_bytes(&l.attn_norm) + tensor_bytes(&l.ffn_norm);
             let extra = l
@@ -321,7 +365,11 @@ impl Model {
     /// (the output projection is read whole, tied or not).
     pub fn bytes_read_per_token(&self) -> u64 {
         let w = &self.weights;
-        self.weight_bytes() - matmul_bytes(&w.embed) + matmul_bytes(&w.lm_head)
+        if w.tied {
+            self.weight_bytes()
+        } else {
+            self.weight_bytes() - matmul_bytes(&w.embed)
+        }
     }
 
     /// Runs the new tokens of every item and returns the logits after each item's last
@@ -370,8 +418,8 @@ impl Model {
             let attn = self.attention(index, layer, &h, &cos, &sin, batch)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&linear(&layer.gate, &h)?)?;
-            let mlp = linear(&layer.down, &(gate * linear(&layer.up, &h)?)?)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
         for item in batch.iter_mut() {
@@ -380,7 +428,7 @@ impl Model {
         let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
         let last = x.index_select(&last_rows, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, cfg.rms_eps as f32)?;
-        Ok(linear(&self.weights.lm_head, &last)?.to_dtype(DType::F32)?)
+        Ok(self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 
     /// Attention of layer `index` for the packed rows `h`; writes each item's new keys and
@@ -397,9 +445,9 @@ impl Model {
         let cfg = &self.config;
         let total = h.dim(0)?;
         let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let mut q = linear(&layer.q, h)?;
-        let mut k = linear(&layer.k, h)?;
-        let mut v = linear(&layer.v, h)?;
+        let mut q = layer.q.forward(h)?;
+        let mut k = layer.k.forward(h)?;
+        let mut v = layer.v.forward(h)?;
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -461,15 +509,7 @@ impl Model {
             outputs.push(out);
             offset += n;
         }
-        linear(&layer.o, &Tensor::cat(&outputs, 0)?)
-    }
-}
-
-/// `x · wᵀ` for a weight in any form a loader produces.
-fn linear(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    match w {
-        QMatMul::Tensor(t) if t.dtype() == DType::BF16 => Ok(crate::bf16_matmul::matmul(t, x)?),
-        _ => Ok(w.forward(x)?),
+        layer.o.forward(&Tensor::cat(&outputs, 0)?)
     }
 }
 
