@@ -4,19 +4,18 @@
 //! (a handful of rows) reads each weight once and writes and re-reads it twice as wide: about
 //! three times the memory traffic the step needs. Here each weight row is read once, widened
 //! in registers (a bf16 is the top half of an f32) and dotted with every activation row, the
-//! rows split over rayon's threads. The dot product exists for AVX-512, AVX2+FMA and plain
+//! rows split over candle's CPU threads. The dot product exists for AVX-512, AVX2+FMA and plain
 //! x86-64, picked at run time, so nothing shipped needs `target-cpu=native`.
 //!
 //! Prefill (many rows) is compute-bound, and there widening the weight once per call is
 //! cheap next to the matmul: it goes through candle.
 use candle_core::{DType, Result, Storage, Tensor};
 use half::bf16;
-use rayon::prelude::*;
+
+use crate::row_parallel::for_each_row;
 
 /// Activation rows up to which the row-streaming kernel is used.
 const MAX_STREAMED_ROWS: usize = 16;
-/// Weight rows per rayon task.
-const ROWS_PER_TASK: usize = 64;
 
 /// `x · wᵀ`: `x` is `(m, k)` f32, `w` is `(n, k)` bf16; returns `(m, n)` f32.
 pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
@@ -35,31 +34,13 @@ pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     };
     let all: &[bf16] = cpu.as_slice()?;
     let weights = &all[layout.start_offset()..layout.start_offset() + n * k];
-    let mut out = vec![0f32; m * n];
     let dot = dot_fn();
-    // Output is (m, n) row-major; tasks own blocks of weight rows, so they write columns.
-    // Collect per-task blocks laid out (rows, m) and scatter after.
-    let blocks: Vec<(usize, Vec<f32>)> = weights
-        .par_chunks(ROWS_PER_TASK * k)
-        .enumerate()
-        .map(|(task, rows)| {
-            let count = rows.len() / k;
-            let mut block = vec![0f32; count * m];
-            for (r, row) in rows.chunks_exact(k).enumerate() {
-                for (i, xrow) in xs.chunks_exact(k).enumerate() {
-                    block[r * m + i] = dot(row, xrow);
-                }
-            }
-            (task * ROWS_PER_TASK, block)
-        })
-        .collect();
-    for (first, block) in blocks {
-        for (r, values) in block.chunks_exact(m).enumerate() {
-            for (i, v) in values.iter().enumerate() {
-                out[i * n + first + r] = *v;
-            }
+    let out = for_each_row(n, m, |r, out| {
+        let row = &weights[r * k..][..k];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot(row, &xs[i * k..][..k]);
         }
-    }
+    });
     drop(storage);
     Tensor::from_vec(out, (m, n), w.device())
 }

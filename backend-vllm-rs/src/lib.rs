@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod q8_matmul;
+pub mod row_parallel;
 pub mod sampler;
 pub mod settings;
 pub mod tokenizer;

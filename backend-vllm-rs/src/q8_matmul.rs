@@ -4,19 +4,18 @@
 //! dot product, which costs more than the block's 32 multiply-adds. Here the scales are
 //! widened to f32 once, at load, and the quants kept as one contiguous i8 matrix. Activations
 //! are quantized per 32-block as ggml does (scale = max |x| / 127), and each block's integer
-//! dot product is done with AVX2's byte multiply-add (picked at run time; a portable loop
-//! elsewhere), weight rows split over rayon's threads.
+//! dot product is done with AVX-512 VNNI's or AVX2's byte multiply-adds (picked at run time; a
+//! portable loop elsewhere), weight rows split over candle's CPU threads.
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
-use rayon::prelude::*;
+
+use crate::row_parallel::for_each_row;
 
 /// Values per block.
 const BLOCK: usize = 32;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
-/// Weight rows per rayon task.
-const ROWS_PER_TASK: usize = 32;
 
 /// A Q8_0 weight matrix, `(rows, cols)`, with f32 block scales.
 #[derive(Debug)]
@@ -79,38 +78,21 @@ impl Q8Weight {
         let xq = quantize_rows(&xs);
         let blocks = k / BLOCK;
         let dot = dot_fn();
-        let n = self.rows;
-        // Tasks own blocks of weight rows: each writes a (rows, m) block, scattered after.
-        let parts: Vec<Vec<f32>> = self
-            .quants
-            .par_chunks(ROWS_PER_TASK * k)
-            .zip(self.scales.par_chunks(ROWS_PER_TASK * blocks))
-            .map(|(wq, ws)| {
-                let count = wq.len() / k;
-                let mut part = vec![0f32; count * m];
-                for r in 0..count {
-                    let (row_q, row_s) = (&wq[r * k..][..k], &ws[r * blocks..][..blocks]);
-                    for i in 0..m {
-                        part[r * m + i] = dot(
-                            row_q,
-                            row_s,
-                            &xq.quants[i * k..][..k],
-                            &xq.scales[i * blocks..][..blocks],
-                        );
-                    }
-                }
-                part
-            })
-            .collect();
-        let mut out = vec![0f32; m * n];
-        for (task, part) in parts.iter().enumerate() {
-            for (r, values) in part.chunks_exact(m).enumerate() {
-                for (i, v) in values.iter().enumerate() {
-                    out[i * n + task * ROWS_PER_TASK + r] = *v;
-                }
+        let out = for_each_row(self.rows, m, |r, out| {
+            let (row_q, row_s) = (
+                &self.quants[r * k..][..k],
+                &self.scales[r * blocks..][..blocks],
+            );
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = dot(
+                    row_q,
+                    row_s,
+                    &xq.quants[i * k..][..k],
+                    &xq.scales[i * blocks..][..blocks],
+                );
             }
-        }
-        Tensor::from_vec(out, (m, n), x.device())
+        });
+        Tensor::from_vec(out, (m, self.rows), x.device())
     }
 }
 
@@ -133,9 +115,17 @@ type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
 /// The fastest block dot product this CPU runs.
 fn dot_fn() -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features `dot_avx2` enables were detected on this CPU.
-        return |wq, ws, xq, xs| unsafe { dot_avx2(wq, ws, xq, xs) };
+    {
+        // SAFETY (both): the features the functions enable were detected on this CPU.
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            return |wq, ws, xq, xs| unsafe { dot_avx512_vnni(wq, ws, xq, xs) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return |wq, ws, xq, xs| unsafe { dot_avx2(wq, ws, xq, xs) };
+        }
     }
     dot_portable
 }
@@ -195,6 +185,57 @@ fn dot_avx2(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     }
 }
 
+/// Two blocks per step: `vpdpbusd` multiplies unsigned by signed bytes and sums groups of
+/// four into i32 lanes (lanes 0-7 the first block, 8-15 the second), so x goes in as |x| and
+/// its sign moves onto w.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_avx512_vnni(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let blocks = ws
+        .len()
+        .min(xs.len())
+        .min(wq.len() / BLOCK)
+        .min(xq.len() / BLOCK);
+    let pairs = blocks / 2;
+    // SAFETY: pair `p` reads bytes `p * 64 .. p * 64 + 64` of both quant slices and scales
+    // `2p`, `2p + 1`, all within `blocks`.
+    let mut sum = unsafe {
+        let zero = _mm512_setzero_si512();
+        let pair = |p: usize, acc: __m512| {
+            let w = _mm512_loadu_si512(wq.as_ptr().add(p * 2 * BLOCK) as *const __m512i);
+            let x = _mm512_loadu_si512(xq.as_ptr().add(p * 2 * BLOCK) as *const __m512i);
+            let w_signed = _mm512_mask_sub_epi8(w, _mm512_movepi8_mask(x), zero, w);
+            let dot = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(x), w_signed);
+            let s0 = *ws.get_unchecked(2 * p) * *xs.get_unchecked(2 * p);
+            let s1 = *ws.get_unchecked(2 * p + 1) * *xs.get_unchecked(2 * p + 1);
+            let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+            _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc)
+        };
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut p = 0;
+        while p + 2 <= pairs {
+            a0 = pair(p, a0);
+            a1 = pair(p + 1, a1);
+            p += 2;
+        }
+        if p < pairs {
+            a0 = pair(p, a0);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    };
+    if blocks % 2 == 1 {
+        let b = blocks - 1;
+        sum += dot_portable(
+            &wq[b * BLOCK..][..BLOCK],
+            &ws[b..b + 1],
+            &xq[b * BLOCK..][..BLOCK],
+            &xs[b..b + 1],
+        );
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,11 +265,22 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-3, "m={m}: {diff}");
         }
-        let xq = quantize_rows(&[0.5; 64]);
-        let wq = vec![3i8; 64];
-        let ws = [2.0f32; 2];
+        // Every kernel this CPU runs agrees with the portable one, odd block counts included.
+        let xv: Vec<f32> = (0..160).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let xq = quantize_rows(&xv);
+        let wq: Vec<i8> = (0..160)
+            .map(|i| ((i * 37) % 255) as i8)
+            .map(|v| v.max(-127))
+            .collect();
+        let ws: Vec<f32> = (0..5).map(|b| 0.01 * (b + 1) as f32).collect();
         let expected = dot_portable(&wq, &ws, &xq.quants, &xq.scales);
         assert!((dot_fn()(&wq, &ws, &xq.quants, &xq.scales) - expected).abs() < 1e-3);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let avx2 = unsafe { dot_avx2(&wq, &ws, &xq.quants, &xq.scales) };
+            assert!((avx2 - expected).abs() < 1e-3, "{avx2} {expected}");
+        }
         let other = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
         assert!(Q8Weight::from_qtensor(&other).unwrap().is_none());
     }

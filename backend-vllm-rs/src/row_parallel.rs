@@ -1,0 +1,69 @@
+//! Runs a kernel over the rows of a weight matrix on candle's CPU thread pool.
+//!
+//! The worker's own matmuls share the pool candle's quantized matmuls use, rather than a
+//! second one: a pool's threads spin for a while after each job, and two pools on the same
+//! cores would take turns spinning against each other's work.
+use candle_core::utils::barrier_pool;
+
+/// A pointer the pool's threads may share; see the safety note where it is written through.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: only used to write disjoint elements from the pool's threads (see `for_each_row`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the whole `Shared`, which is `Sync`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Calls `kernel(r, out)` for every weight row `r < rows`, `out` being that row's `m` outputs
+/// (one per activation row), and returns the `(m, rows)` result row-major.
+pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut by_row = vec![0f32; rows * m];
+    let shared = Shared(by_row.as_mut_ptr());
+    barrier_pool().execute_chunked(rows, |range| {
+        for r in range {
+            // SAFETY: the pool hands each row index to exactly one call, so the `m` elements
+            // at `r * m` are written by one thread only, and they lie inside `by_row`, which
+            // outlives the pool call.
+            let out = unsafe { std::slice::from_raw_parts_mut(shared.get().add(r * m), m) };
+            kernel(r, out);
+        }
+    });
+    if m == 1 {
+        return by_row;
+    }
+    let mut out = vec![0f32; rows * m];
+    for (r, values) in by_row.chunks_exact(m).enumerate() {
+        for (i, v) in values.iter().enumerate() {
+            out[i * rows + r] = *v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_once_transposed() {
+        let out = for_each_row(1000, 3, |r, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += (r * 10 + i) as f32;
+            }
+        });
+        for i in 0..3 {
+            for r in 0..1000 {
+                assert_eq!(out[i * 1000 + r], (r * 10 + i) as f32);
+            }
+        }
+        assert_eq!(
+            for_each_row(5, 1, |r, out| out[0] = r as f32),
+            [0., 1., 2., 3., 4.]
+        );
+    }
+}
