@@ -130,7 +130,11 @@ fn a_bf16_folder_runs_close_to_f32() -> Result<()> {
 
 /// Writes a folder with random weights for `config` (a `config.json` document) under the
 /// Hugging Face names of a Llama-style model.
-fn random_folder(dir: &Path, config: &serde_json::Value, qk_norm: bool) -> Result<()> {
+fn random_folder(
+    dir: &Path,
+    config: &serde_json::Value,
+    qk_norm: bool,
+) -> Result<HashMap<String, Tensor>> {
     let get = |k: &str| config[k].as_u64().unwrap() as usize;
     let (hidden, layers, vocab) = (
         get("hidden_size"),
@@ -194,17 +198,26 @@ fn random_folder(dir: &Path, config: &serde_json::Value, qk_norm: bool) -> Resul
     std::fs::create_dir_all(dir)?;
     candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
     std::fs::write(dir.join("config.json"), serde_json::to_string(config)?)?;
-    Ok(())
+    Ok(t)
+}
+
+/// The f32 model of folder `dir`.
+fn dense_model(dir: &Path) -> Result<Model> {
+    let folder = HfFolder::open(dir)?;
+    let weights = folder.weights(DType::F32, &Device::Cpu)?;
+    Ok(Model::new(
+        folder.model_config.clone(),
+        weights,
+        64,
+        &Device::Cpu,
+    )?)
 }
 
 /// Our logits and the reference's after a 7-token prompt and two more single tokens.
 fn compare_dense(
-    dir: &Path,
+    model: &Model,
     mut reference: impl FnMut(&Tensor, usize) -> Result<Tensor>,
 ) -> Result<f32> {
-    let folder = HfFolder::open(dir)?;
-    let weights = folder.weights(DType::F32, &Device::Cpu)?;
-    let model = Model::new(folder.model_config.clone(), weights, 64, &Device::Cpu)?;
     let mut cache = SeqCache::new();
     let mut worst = 0f32;
     let mut position = 0;
@@ -235,18 +248,29 @@ fn tiny_config(arch: &str, model_type: &str) -> serde_json::Value {
 }
 
 #[test]
-fn qwen3_and_mistral_match_candle_transformers() -> Result<()> {
+fn qwen3_folder_and_gguf_and_mistral_match_candle_transformers() -> Result<()> {
     let root = std::env::temp_dir().join(format!("vllm-rs-tiny-{}", std::process::id()));
     let dev = Device::Cpu;
 
     let config = tiny_config("Qwen3ForCausalLM", "qwen3");
     let dir = root.join("qwen3");
-    random_folder(&dir, &config, true)?;
+    let tensors = random_folder(&dir, &config, true)?;
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)?
     };
     let mut reference = qwen3::ModelForCausalLM::new(&serde_json::from_value(config.clone())?, vb)?;
-    let qwen3_diff = compare_dense(&dir, |ids, pos| Ok(reference.forward(ids, pos)?))?;
+    let qwen3_diff = compare_dense(&dense_model(&dir)?, |ids, pos| {
+        Ok(reference.forward(ids, pos)?)
+    })?;
+    // The same weights as a GGUF file (f32 tensors, llama.cpp's names) run the same.
+    let gguf = root.join("qwen3.gguf");
+    write_qwen3_gguf(&gguf, &config, &tensors)?;
+    let mut file = GgufFile::open(&gguf)?;
+    let header = file.header()?;
+    let weights = file.weights(&header.config, &dev)?;
+    let gguf_model = Model::new(header.config, weights, 64, &dev)?;
+    reference.clear_kv_cache();
+    let gguf_diff = compare_dense(&gguf_model, |ids, pos| Ok(reference.forward(ids, pos)?))?;
 
     let config = tiny_config("MistralForCausalLM", "mistral");
     let dir = root.join("mistral");
@@ -255,13 +279,128 @@ fn qwen3_and_mistral_match_candle_transformers() -> Result<()> {
         VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)?
     };
     let mut reference = mistral::Model::new(&serde_json::from_value(config.clone())?, vb)?;
-    let mistral_diff = compare_dense(&dir, |ids, pos| Ok(reference.forward(ids, pos)?))?;
+    let mistral_diff = compare_dense(&dense_model(&dir)?, |ids, pos| {
+        Ok(reference.forward(ids, pos)?)
+    })?;
 
     eprintln!(
-        "max abs logit diff vs candle-transformers: qwen3 {qwen3_diff:.2e}, mistral {mistral_diff:.2e}"
+        "max abs logit diff vs candle-transformers: qwen3 {qwen3_diff:.2e} (GGUF {gguf_diff:.2e}), mistral {mistral_diff:.2e}"
     );
     assert!(qwen3_diff < 1e-4, "qwen3: {qwen3_diff}");
+    assert!(gguf_diff < 1e-4, "qwen3 GGUF: {gguf_diff}");
     assert!(mistral_diff < 1e-4, "mistral: {mistral_diff}");
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// Writes `tensors` (Hugging Face names) as a Qwen3 GGUF with a small byte-level vocabulary.
+fn write_qwen3_gguf(
+    path: &Path,
+    config: &serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    use candle_core::quantized::gguf_file::{Value, write};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let get = |k: &str| config[k].as_u64().unwrap() as u32;
+    let mut renamed: Vec<(String, QTensor)> = Vec::new();
+    for (name, t) in tensors {
+        let gguf_name = match name.as_str() {
+            "model.embed_tokens.weight" => "token_embd.weight".to_string(),
+            "lm_head.weight" => "output.weight".to_string(),
+            "model.norm.weight" => "output_norm.weight".to_string(),
+            other => {
+                let rest = other.strip_prefix("model.layers.").unwrap();
+                let (layer, weight) = rest.split_once('.').unwrap();
+                let short = match weight {
+                    "input_layernorm.weight" => "attn_norm.weight",
+                    "post_attention_layernorm.weight" => "ffn_norm.weight",
+                    "self_attn.q_proj.weight" => "attn_q.weight",
+                    "self_attn.k_proj.weight" => "attn_k.weight",
+                    "self_attn.v_proj.weight" => "attn_v.weight",
+                    "self_attn.o_proj.weight" => "attn_output.weight",
+                    "self_attn.q_norm.weight" => "attn_q_norm.weight",
+                    "self_attn.k_norm.weight" => "attn_k_norm.weight",
+                    "mlp.gate_proj.weight" => "ffn_gate.weight",
+                    "mlp.up_proj.weight" => "ffn_up.weight",
+                    "mlp.down_proj.weight" => "ffn_down.weight",
+                    other => panic!("unexpected weight {other}"),
+                };
+                format!("blk.{layer}.{short}")
+            }
+        };
+        renamed.push((gguf_name, QTensor::quantize(t, GgmlDType::F32)?));
+    }
+    // Printable single characters are valid byte-level tokens.
+    let tokens: Vec<Value> = (0..get("vocab_size"))
+        .map(|i| Value::String(char::from(b'0' + i as u8).to_string()))
+        .collect();
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("qwen3".into())),
+        ("qwen3.embedding_length", Value::U32(get("hidden_size"))),
+        ("qwen3.block_count", Value::U32(get("num_hidden_layers"))),
+        (
+            "qwen3.attention.head_count",
+            Value::U32(get("num_attention_heads")),
+        ),
+        (
+            "qwen3.attention.head_count_kv",
+            Value::U32(get("num_key_value_heads")),
+        ),
+        ("qwen3.attention.key_length", Value::U32(get("head_dim"))),
+        (
+            "qwen3.attention.layer_norm_rms_epsilon",
+            Value::F32(config["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        (
+            "qwen3.rope.freq_base",
+            Value::F32(config["rope_theta"].as_f64().unwrap() as f32),
+        ),
+        (
+            "qwen3.context_length",
+            Value::U32(get("max_position_embeddings")),
+        ),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String("0 1".into())]),
+        ),
+    ];
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = renamed.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path)?;
+    write(&mut file, &metadata, &tensors)?;
+    Ok(())
+}
+
+#[test]
+fn llama3_rope_scaling_matches_candle_transformers() -> Result<()> {
+    use candle_transformers::models::llama;
+    let root = std::env::temp_dir().join(format!("vllm-rs-llama3-{}", std::process::id()));
+    let mut config = tiny_config("LlamaForCausalLM", "llama");
+    // candle-transformers' Llama derives head_dim from hidden_size / heads.
+    config["head_dim"] = 8.into();
+    config["rope_theta"] = 10000.0.into();
+    // Wavelengths 6, 63, 628 and 6283 positions: one below the high-frequency cut (16), one in
+    // the smoothed band, two scaled by the full factor.
+    config["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    });
+    random_folder(&root, &config, false)?;
+    let dev = Device::Cpu;
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[root.join("model.safetensors")], DType::F32, &dev)?
+    };
+    let cfg = serde_json::from_value::<llama::LlamaConfig>(config)?.into_config(false);
+    let reference = llama::Llama::load(vb, &cfg)?;
+    let mut cache = llama::Cache::new(true, DType::F32, &cfg, &dev)?;
+    let diff = compare_dense(&dense_model(&root)?, |ids, pos| {
+        Ok(reference.forward(ids, pos, &mut cache)?)
+    })?;
+    eprintln!("llama3 rope scaling: max abs logit diff {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }
