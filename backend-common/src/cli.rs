@@ -1,6 +1,12 @@
 //! The command line every worker accepts, as LocalAI starts it:
-//! `run.sh --addr 127.0.0.1:PORT` or `run.sh --addr=127.0.0.1:PORT`.
+//! `run.sh --addr 127.0.0.1:PORT` or `run.sh --addr=127.0.0.1:PORT`; and the `render`
+//! subcommand every worker offers.
 use std::fmt;
+use std::path::PathBuf;
+
+use crate::chat::{ChatSetup, PromptRequest};
+use crate::engine::{EngineError, ModelInfo};
+use crate::options::Options;
 
 /// The default listening address, LocalAI's.
 pub const DEFAULT_ADDR: &str = "localhost:50051";
@@ -11,6 +17,39 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT (IPv6 as [::1]:PORT).
     #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: ListenAddr,
+}
+
+/// Arguments of the `render` subcommand: print the prompt a request renders to through the
+/// model's chat template (a dry run; no weights are read).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// The model (only its metadata and vocabulary are read).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A JSON file with `Messages`, `Tools`, `ToolChoice`, `Metadata` (or `Prompt`).
+    #[arg(long)]
+    pub request: PathBuf,
+    /// `key:value` model options, as in LoadModel (e.g. `tool_parser:hermes`).
+    #[arg(long = "option")]
+    pub options: Vec<String>,
+}
+
+impl RenderArgs {
+    /// The prompt the request file renders to for a model described by `info` (what the
+    /// worker's LoadModel would report for `model`).
+    pub fn render(&self, info: &ModelInfo) -> Result<String, EngineError> {
+        let json = std::fs::read_to_string(&self.request).map_err(|e| {
+            EngineError::InvalidArgument(format!("cannot read {}: {e}", self.request.display()))
+        })?;
+        let req = PromptRequest::from_json(&json)?.into_predict_options();
+        let file_name = self
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let setup = ChatSetup::new(info, &file_name, &Options::parse(&self.options))?;
+        Ok(setup.prepare(&req)?.prompt.text)
+    }
 }
 
 /// A validated `HOST:PORT`; the host may be a name (resolved when binding).

@@ -4,15 +4,13 @@
 //! service for one model at a time. `backend-vllm-rs render` prints the exact prompt a
 //! request would produce; `backend-vllm-rs export-hf` writes a GGUF out as a Hugging Face
 //! folder.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use backend_common::chat::{ChatSetup, PromptRequest};
-use backend_common::cli::ServeArgs;
+use backend_common::cli::{RenderArgs, ServeArgs};
 use backend_common::engine::EngineError;
-use backend_common::options::Options;
 use backend_vllm_rs::engine::{self, CandleEngine};
 use backend_vllm_rs::export;
 
@@ -37,18 +35,9 @@ enum ExportDType {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the prompt a request renders to through the model's chat template (dry run).
-    Render {
-        /// The GGUF file or Hugging Face folder (its weights are not read).
-        #[arg(long)]
-        model: PathBuf,
-        /// A JSON file with `Messages`, `Tools`, `ToolChoice`, `Metadata` (or `Prompt`).
-        #[arg(long)]
-        request: PathBuf,
-        /// `key:value` model options, as in LoadModel (e.g. `tool_parser:hermes`).
-        #[arg(long = "option")]
-        options: Vec<String>,
-    },
+    /// Print the prompt a request renders to through the model's chat template (dry run;
+    /// the model is a GGUF file or a Hugging Face folder).
+    Render(RenderArgs),
     /// Write a GGUF model out as a Hugging Face folder (config.json, model.safetensors,
     /// tokenizer.json, tokenizer_config.json, generation_config.json).
     ExportHf {
@@ -62,20 +51,6 @@ enum Command {
     },
 }
 
-fn render(model: &Path, request: &Path, options: &[String]) -> Result<String, EngineError> {
-    let json = std::fs::read_to_string(request).map_err(|e| {
-        EngineError::InvalidArgument(format!("cannot read {}: {e}", request.display()))
-    })?;
-    let req = PromptRequest::from_json(&json)?.into_predict_options();
-    let info = engine::describe(model)?;
-    let file_name = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let setup = ChatSetup::new(&info, &file_name, &Options::parse(options))?;
-    Ok(setup.prepare(&req)?.prompt.text)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(command) = cli.command else {
@@ -83,11 +58,9 @@ fn main() -> ExitCode {
     };
     backend_common::server::init_logging();
     let result = match command {
-        Command::Render {
-            model,
-            request,
-            options,
-        } => render(&model, &request, &options).map(|prompt| print!("{prompt}")),
+        Command::Render(args) => engine::describe(&args.model)
+            .and_then(|info| args.render(&info))
+            .map(|prompt| print!("{prompt}")),
         Command::ExportHf { gguf, dir, dtype } => {
             let dtype = match dtype {
                 ExportDType::Bf16 => candle_core::DType::BF16,

@@ -128,6 +128,15 @@ fn byte_level_chars() -> [char; 256] {
     table
 }
 
+/// The byte each character of GPT-2's table stands for.
+fn byte_level_inverse() -> std::collections::HashMap<char, u8> {
+    byte_level_chars()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
+}
+
 /// The bytes a byte-level token text stands for; characters outside the table (never seen
 /// in well-formed vocabularies) keep their UTF-8 bytes.
 fn byte_level_decode(text: &str, inverse: &std::collections::HashMap<char, u8>) -> Vec<u8> {
@@ -253,12 +262,7 @@ impl ModelTokenizer {
             .add_tokens(literals)
             .map_err(|e| TokenizerError::Build(e.to_string()))?;
 
-        let table = byte_level_chars();
-        let inverse: std::collections::HashMap<char, u8> = table
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let inverse = byte_level_inverse();
         let literal = |i: usize| matches!(kind(i), token_type::CONTROL | token_type::USER_DEFINED);
         let pieces = spec
             .tokens
@@ -332,12 +336,7 @@ impl ModelTokenizer {
         };
         let added = inner.get_added_tokens_decoder();
         let size = inner.get_vocab_size(true);
-        let table = byte_level_chars();
-        let inverse: std::collections::HashMap<char, u8> = table
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let inverse = byte_level_inverse();
         let mut pieces = Vec::with_capacity(size);
         let mut control = Vec::with_capacity(size);
         for id in 0..size as u32 {
