@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use backend_common::pb::{ModelOptions, PredictOptions};
+use e2e_backends::testing::{Timing, bench_prompt, timed_stream};
 use e2e_backends::worker::Worker;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -25,36 +26,12 @@ const CONTEXT: u32 = 1024;
 const BATCH: u32 = 512;
 const NEW_TOKENS: u32 = 64;
 
-/// One measured generation.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    prompt_tokens: u32,
-    prompt_s: f64,
-    new_tokens: u32,
-    decode_s: f64,
-}
-
-impl Run {
-    fn prefill_tps(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_s
-    }
-    /// The first new token comes with the prefill; the rest are one decode each.
-    fn decode_tps(&self) -> f64 {
-        (self.new_tokens.saturating_sub(1)) as f64 / self.decode_s
-    }
-}
-
-fn best(runs: &[Run], key: fn(&Run) -> f64) -> f64 {
-    runs.iter().map(key).fold(0.0, f64::max)
-}
-
 fn prompt_text() -> String {
-    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. "
-        .repeat(16)
+    bench_prompt(16)
 }
 
 /// llama.cpp's own loop: one prompt batch, then greedy decode one token at a time.
-fn direct_loop(model_path: &PathBuf, threads: i32, rounds: usize) -> Result<Vec<Run>> {
+fn direct_loop(model_path: &PathBuf, threads: i32, rounds: usize) -> Result<Vec<Timing>> {
     let backend = LlamaBackend::init()?;
     let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
     let mut runs = Vec::new();
@@ -82,7 +59,7 @@ fn direct_loop(model_path: &PathBuf, threads: i32, rounds: usize) -> Result<Vec<
             ctx.decode(&mut batch)?;
             token = sampler.sample(&ctx, 0);
         }
-        runs.push(Run {
+        runs.push(Timing {
             prompt_tokens: tokens.len() as u32,
             prompt_s,
             new_tokens: NEW_TOKENS,
@@ -129,25 +106,11 @@ async fn start_loaded(binary: &Path, model: &Path, threads: i32) -> Result<Worke
 }
 
 /// Streams through the worker; timings as the worker reports them on the last chunk.
-async fn worker_runs(worker: &Worker, rounds: usize) -> Result<Vec<Run>> {
+async fn worker_runs(worker: &Worker, rounds: usize) -> Result<Vec<Timing>> {
     let mut client = worker.client(None).await?;
     let mut runs = Vec::new();
     for _ in 0..rounds {
-        let mut stream = client
-            .predict_stream(request(prompt_text(), NEW_TOKENS))
-            .await?
-            .into_inner();
-        let mut last = None;
-        while let Some(reply) = stream.message().await? {
-            last = Some(reply);
-        }
-        let last = last.context("empty stream")?;
-        runs.push(Run {
-            prompt_tokens: last.prompt_tokens as u32,
-            prompt_s: last.timing_prompt_processing / 1000.0,
-            new_tokens: last.tokens as u32,
-            decode_s: last.timing_token_generation / 1000.0,
-        });
+        runs.push(timed_stream(&mut client, request(prompt_text(), NEW_TOKENS)).await?);
     }
     Ok(runs)
 }
@@ -205,10 +168,13 @@ async fn main() -> Result<()> {
     let prompt_tokens = direct[0].prompt_tokens;
     println!("{:<28} {:>14} {:>14}", "", "prefill tok/s", "decode tok/s");
     let (dp, dd) = (
-        best(&direct, Run::prefill_tps),
-        best(&direct, Run::decode_tps),
+        Timing::best(&direct, Timing::prefill_tps),
+        Timing::best(&direct, Timing::decode_tps),
     );
-    let (wp, wd) = (best(&ours, Run::prefill_tps), best(&ours, Run::decode_tps));
+    let (wp, wd) = (
+        Timing::best(&ours, Timing::prefill_tps),
+        Timing::best(&ours, Timing::decode_tps),
+    );
     println!(
         "{:<28} {dp:>14.1} {dd:>14.1}",
         "llama.cpp loop (in-process)"
@@ -243,7 +209,10 @@ async fn main() -> Result<()> {
         let variant = start_loaded(Path::new(path.trim()), &model, threads).await?;
         let runs = worker_runs(&variant, rounds).await?;
         variant.stop(Duration::from_secs(10)).await?;
-        let (vp, vd) = (best(&runs, Run::prefill_tps), best(&runs, Run::decode_tps));
+        let (vp, vd) = (
+            Timing::best(&runs, Timing::prefill_tps),
+            Timing::best(&runs, Timing::decode_tps),
+        );
         println!(
             "variant {name:<20} {vp:>14.1} {vd:>14.1}   ({:.3}x / {:.3}x this build)",
             vp / wp,

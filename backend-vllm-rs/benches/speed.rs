@@ -21,38 +21,11 @@ use backend_common::pb::{ModelOptions, PredictOptions};
 use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
 use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
+use e2e_backends::testing::{Timing, bench_prompt, timed_stream};
 use e2e_backends::worker::Worker;
 
 const CONTEXT: i32 = 1024;
 const NEW_TOKENS: i32 = 32;
-
-/// One measured generation.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    prompt_tokens: f64,
-    prompt_s: f64,
-    new_tokens: f64,
-    decode_s: f64,
-}
-
-impl Run {
-    fn prefill_tps(&self) -> f64 {
-        self.prompt_tokens / self.prompt_s
-    }
-    /// The first new token comes with the prefill; the rest are one decode each.
-    fn decode_tps(&self) -> f64 {
-        (self.new_tokens - 1.0) / self.decode_s
-    }
-}
-
-fn best(runs: &[Run], key: fn(&Run) -> f64) -> f64 {
-    runs.iter().map(key).fold(0.0, f64::max)
-}
-
-fn prompt_text() -> String {
-    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. "
-        .repeat(8)
-}
 
 /// Peak resident memory of process `pid` in bytes.
 fn peak_rss(pid: u32) -> Option<u64> {
@@ -66,7 +39,7 @@ fn peak_rss(pid: u32) -> Option<u64> {
 struct Measured {
     load_s: f64,
     peak_rss: u64,
-    runs: Vec<Run>,
+    runs: Vec<Timing>,
 }
 
 async fn measure_worker(
@@ -98,27 +71,14 @@ async fn measure_worker(
     anyhow::ensure!(loaded.success, "{}", loaded.message);
     let mut runs = Vec::new();
     for _ in 0..rounds {
-        let mut stream = client
-            .predict_stream(PredictOptions {
-                prompt: prompt_text(),
-                tokens: NEW_TOKENS,
-                temperature: 0.0,
-                ignore_eos: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let mut last = None;
-        while let Some(reply) = stream.message().await? {
-            last = Some(reply);
-        }
-        let last = last.context("empty stream")?;
-        runs.push(Run {
-            prompt_tokens: last.prompt_tokens as f64,
-            prompt_s: last.timing_prompt_processing / 1000.0,
-            new_tokens: last.tokens as f64,
-            decode_s: last.timing_token_generation / 1000.0,
-        });
+        let request = PredictOptions {
+            prompt: bench_prompt(8),
+            tokens: NEW_TOKENS,
+            temperature: 0.0,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        runs.push(timed_stream(&mut client, request).await?);
     }
     let peak_rss = worker.pid().and_then(peak_rss).unwrap_or(0);
     worker.stop(Duration::from_secs(5)).await?;
@@ -213,8 +173,8 @@ async fn main() -> Result<()> {
     for (name, m) in [("backend-llamacpp", &llama), ("backend-vllm-rs", &ours)] {
         println!(
             "{name:<18} {:>14.1} {:>14.2} {:>10.2} {:>14}",
-            best(&m.runs, Run::prefill_tps),
-            best(&m.runs, Run::decode_tps),
+            Timing::best(&m.runs, Timing::prefill_tps),
+            Timing::best(&m.runs, Timing::decode_tps),
             m.load_s,
             m.peak_rss >> 20
         );
@@ -222,8 +182,10 @@ async fn main() -> Result<()> {
     println!(
         "{:<18} {:>14.3} {:>14.3} {:>10.2} {:>14.2}   (vllm-rs / llamacpp; target >= 0.8 for tok/s)",
         "ratio",
-        best(&ours.runs, Run::prefill_tps) / best(&llama.runs, Run::prefill_tps),
-        best(&ours.runs, Run::decode_tps) / best(&llama.runs, Run::decode_tps),
+        Timing::best(&ours.runs, Timing::prefill_tps)
+            / Timing::best(&llama.runs, Timing::prefill_tps),
+        Timing::best(&ours.runs, Timing::decode_tps)
+            / Timing::best(&llama.runs, Timing::decode_tps),
         ours.load_s / llama.load_s,
         ours.peak_rss as f64 / llama.peak_rss.max(1) as f64
     );

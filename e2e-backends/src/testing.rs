@@ -1,5 +1,6 @@
-//! Helpers for tests that drive a real worker: where the test models are, raw requests, and
-//! reading a whole stream. They panic on failure, as test code does.
+//! Helpers for tests and benchmarks that drive a real worker: where the test models are, raw
+//! requests, reading a whole stream, and a stream's timings. The test helpers panic on
+//! failure, as test code does; the benchmark ones return errors.
 use std::path::PathBuf;
 
 use backend_common::pb::{PredictOptions, Reply};
@@ -47,4 +48,62 @@ pub fn text(replies: &[Reply]) -> String {
         .iter()
         .map(|r| String::from_utf8_lossy(&r.message).into_owned())
         .collect()
+}
+
+/// The prompt the throughput benchmarks prefill: `sentences` sentences of English prose.
+pub fn bench_prompt(sentences: usize) -> String {
+    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made and read. "
+        .repeat(sentences)
+}
+
+/// The timings of one generation.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Prompt tokens evaluated.
+    pub prompt_tokens: u32,
+    /// Seconds until the first new token.
+    pub prompt_s: f64,
+    /// New tokens generated.
+    pub new_tokens: u32,
+    /// Seconds from the first new token to the last.
+    pub decode_s: f64,
+}
+
+impl Timing {
+    /// The timings a worker reports on a stream's last chunk.
+    pub fn of_reply(last: &Reply) -> Timing {
+        Timing {
+            prompt_tokens: last.prompt_tokens.max(0) as u32,
+            prompt_s: last.timing_prompt_processing / 1000.0,
+            new_tokens: last.tokens.max(0) as u32,
+            decode_s: last.timing_token_generation / 1000.0,
+        }
+    }
+
+    /// Prompt tokens per second.
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_s
+    }
+
+    /// Decode tokens per second: the first new token comes with the prefill, the rest are one
+    /// decode step each.
+    pub fn decode_tps(&self) -> f64 {
+        self.new_tokens.saturating_sub(1) as f64 / self.decode_s
+    }
+
+    /// The best of `runs` by `key`.
+    pub fn best(runs: &[Timing], key: fn(&Timing) -> f64) -> f64 {
+        runs.iter().map(key).fold(0.0, f64::max)
+    }
+}
+
+/// Streams `req` and returns the timings the worker reports on the last chunk.
+pub async fn timed_stream(client: &mut Client, req: PredictOptions) -> anyhow::Result<Timing> {
+    let mut stream = client.predict_stream(req).await?.into_inner();
+    let mut last = None;
+    while let Some(reply) = stream.message().await? {
+        last = Some(reply);
+    }
+    let last = last.ok_or_else(|| anyhow::anyhow!("the stream ended without a chunk"))?;
+    Ok(Timing::of_reply(&last))
 }
