@@ -113,18 +113,68 @@ fn exported_smollm2_folder_undoes_the_qk_permutation() -> Result<()> {
 }
 
 #[test]
-fn a_bf16_folder_runs_close_to_f32() -> Result<()> {
-    let (f32_model, tokenizer) = folder_model(&common::exported(SMOLLM2, DType::F32), DType::F32)?;
+fn bf16_and_f16_weights_run_close_to_f32() -> Result<()> {
+    let f32_dir = common::exported(SMOLLM2, DType::F32);
+    let (f32_model, tokenizer) = folder_model(&f32_dir, DType::F32)?;
     let dir = common::exported(SMOLLM2, DType::BF16);
     assert_eq!(HfFolder::open(&dir)?.saved_dtype()?, DType::BF16);
-    let (bf16_model, _) = folder_model(&dir, DType::BF16)?;
-    assert!(bf16_model.weight_bytes() * 2 <= f32_model.weight_bytes() + 1_000_000);
     let prompt = tokenizer.encode(PROMPT, false)?;
-    let (_, a) = greedy(&f32_model, &prompt, 1)?;
-    let (_, b) = greedy(&bf16_model, &prompt, 1)?;
-    let diff = max_abs_diff(&a[0], &b[0])?;
-    eprintln!("SmolLM2 f32 vs bf16 folder: max abs diff {diff:.3}");
-    assert!(diff < 1.5, "{diff}");
+    let (_, reference) = greedy(&f32_model, &prompt, 1)?;
+    // A bf16 folder as saved, and the f32 folder converted to f16 at load (`dtype:float16`).
+    for (label, model) in [
+        ("bf16 folder", folder_model(&dir, DType::BF16)?.0),
+        ("f32 folder as f16", folder_model(&f32_dir, DType::F16)?.0),
+    ] {
+        assert!(model.weight_bytes() * 2 <= f32_model.weight_bytes() + 1_000_000);
+        let (_, logits) = greedy(&model, &prompt, 1)?;
+        let diff = max_abs_diff(&reference[0], &logits[0])?;
+        eprintln!("SmolLM2 f32 vs {label}: max abs diff {diff:.3}");
+        assert!(diff < 1.5, "{label}: {diff}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_sharded_folder_loads_like_one_file() -> Result<()> {
+    let root = std::env::temp_dir().join(format!("vllm-rs-shards-{}", std::process::id()));
+    let config = tiny_config("Qwen3ForCausalLM", "qwen3");
+    let single = root.join("single");
+    let tensors = random_folder(&single, &config, true)?;
+    // The same tensors in two shards, listed by an index.
+    let sharded = root.join("sharded");
+    std::fs::create_dir_all(&sharded)?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: HashMap<&str, Tensor> = part
+            .iter()
+            .map(|n| (n.as_str(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.join(file))?;
+        for n in part.iter() {
+            map.insert(n.to_string(), file.into());
+        }
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": map }).to_string(),
+    )?;
+    std::fs::copy(single.join("config.json"), sharded.join("config.json"))?;
+    let logits = |dir: &Path| -> Result<Tensor> {
+        let mut cache = SeqCache::new();
+        Ok(dense_model(dir)?.forward(&mut [BatchItem {
+            tokens: &[3, 1, 4, 1, 5],
+            cache: &mut cache,
+        }])?)
+    };
+    let (expected, got) = (logits(&single)?, logits(&sharded)?);
+    assert_eq!(max_abs_diff(&expected, &got)?, 0.0);
+    std::fs::remove_dir_all(&root)?;
     Ok(())
 }
 
