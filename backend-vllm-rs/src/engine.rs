@@ -17,7 +17,7 @@ use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
 use crate::gguf::GgufFile;
 use crate::hf::{self, HfFolder};
-use crate::model::{BatchItem, Model, ModelConfig, ModelError, SeqCache};
+use crate::model::{BatchItem, CPU_COMPUTE_DTYPE, Model, ModelConfig, ModelError, SeqCache};
 use crate::sampler::{Sampler, token_logprob};
 use crate::settings::{DTypeChoice, LoadSettings};
 use crate::tokenizer::ModelTokenizer;
@@ -122,7 +122,8 @@ struct Prepared {
     special_tokens: SpecialTokens,
     /// Bytes the weights will take in memory.
     weight_bytes: u64,
-    dtype: DType,
+    /// The dtype matmul weights are held in.
+    weight_dtype: DType,
 }
 
 /// A model's reader, open and checked, its weights not read yet.
@@ -164,7 +165,7 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
                 chat_template: header.chat_template.map(TemplateSource::Single),
                 special_tokens,
                 weight_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
-                dtype: DType::F32,
+                weight_dtype: DType::F32,
             };
             Ok((Reader::Gguf(file), prepared))
         }
@@ -172,13 +173,13 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
             let invalid = invalid_model(dir);
             let folder = HfFolder::open(dir).map_err(|e| invalid(e.to_string()))?;
             let saved = folder.saved_dtype().map_err(|e| invalid(e.to_string()))?;
-            let dtype = dtype.resolve(saved);
+            let weight_dtype = dtype.resolve(saved);
             let tokenizer = ModelTokenizer::from_hf_dir(dir, &hf::generation_eos_ids(&folder))
                 .map_err(|e| invalid(e.to_string()))?;
             let template = HfTemplateConfig::from_dir(dir).map_err(|e| invalid(e.to_string()))?;
             let saved_bytes: u64 = folder.weight_files_bytes();
             let weight_bytes =
-                saved_bytes / saved.size_in_bytes() as u64 * dtype.size_in_bytes() as u64;
+                saved_bytes / saved.size_in_bytes() as u64 * weight_dtype.size_in_bytes() as u64;
             let name = folder.name();
             let prepared = Prepared {
                 config: folder.model_config.clone(),
@@ -187,7 +188,7 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
                 chat_template: template.templates,
                 special_tokens: template.tokens,
                 weight_bytes,
-                dtype,
+                weight_dtype,
             };
             Ok((Reader::Folder(Box::new(folder)), prepared))
         }
@@ -216,7 +217,7 @@ impl Engine for CandleEngine {
         let (reader, prepared) = prepare(&source, settings.dtype)?;
         let config = prepared.config.clone();
         let max_len = settings.effective_max_len(config.context_length)?;
-        let kv_bytes = max_len as u64 * config.kv_bytes_per_token(prepared.dtype);
+        let kv_bytes = max_len as u64 * config.kv_bytes_per_token(CPU_COMPUTE_DTYPE);
         if let Some(total) = machine_memory() {
             let budget = (total as f64 * settings.memory_utilization) as u64;
             let weights = prepared.weight_bytes;
@@ -238,7 +239,7 @@ impl Engine for CandleEngine {
                 .weights(&config, &self.device)
                 .map_err(|e| invalid_model(&path)(e.to_string()))?,
             Reader::Folder(folder) => folder
-                .weights(prepared.dtype, &self.device)
+                .weights(prepared.weight_dtype, &self.device)
                 .map_err(|e| invalid_model(&path)(e.to_string()))?,
         };
         let model = Model::new(config, weights, max_len, &self.device).map_err(internal)?;
@@ -257,7 +258,7 @@ impl Engine for CandleEngine {
         tracing::info!(
             arch = ?model.config().arch,
             layers = model.config().layers,
-            dtype = ?model.dtype(),
+            weights = ?prepared.weight_dtype,
             max_len,
             ms = started.elapsed().as_millis() as u64,
             "model loaded"

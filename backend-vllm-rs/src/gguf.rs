@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use crate::model::{Arch, Layer, Linear, ModelConfig, Weights};
+use crate::model::{Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, Weights};
 use crate::tokenizer::VocabSpec;
 
 /// A GGUF file could not be used.
@@ -379,7 +379,7 @@ impl GgufFile {
             lm_head,
             tied,
             rope_factors,
-            dtype: DType::F32,
+            dtype: CPU_COMPUTE_DTYPE,
         })
     }
 }

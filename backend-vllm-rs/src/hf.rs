@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{Arch, Layer, Linear, ModelConfig, SUPPORTED_ARCHS, Weights};
+use crate::model::{Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, SUPPORTED_ARCHS, Weights};
 
 /// A Hugging Face folder could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +305,7 @@ impl HfFolder {
             }
             t.to_dtype(dtype).map_err(|e| weight_error(e.to_string()))
         };
-        let load = |name: &str, shape: &[usize]| load_as(name, shape, COMPUTE_DTYPE);
+        let load = |name: &str, shape: &[usize]| load_as(name, shape, CPU_COMPUTE_DTYPE);
         let dense = |name: &str, shape: &[usize]| {
             let t = load_as(name, shape, dtype)?;
             // f16 runs through candle's f16 gemm; bf16 through the model's own kernel.
@@ -391,14 +391,10 @@ impl HfFolder {
             lm_head,
             tied,
             rope_factors: self.rope_factors()?,
-            dtype: COMPUTE_DTYPE,
+            dtype: CPU_COMPUTE_DTYPE,
         })
     }
 }
-
-/// Activations, KV cache, norms and biases: f32 on the CPU, where candle has no bf16 or f16
-/// kernels for them and widens to f32 anyway.
-const COMPUTE_DTYPE: DType = DType::F32;
 
 fn has(st: &MmapedSafetensors, name: &str) -> bool {
     st.get(name).is_ok()

@@ -43,6 +43,10 @@ pub enum Arch {
     Qwen3,
 }
 
+/// The compute dtype on the CPU (activations, KV cache, norms and biases): candle has no bf16
+/// or f16 kernels there for most of them and widens to f32 anyway.
+pub const CPU_COMPUTE_DTYPE: DType = DType::F32;
+
 /// Names of the implemented architectures, for error messages.
 pub const SUPPORTED_ARCHS: &str = "llama, mistral, qwen2, qwen3";
 
@@ -330,11 +334,6 @@ impl Model {
     /// Positions a sequence may reach.
     pub fn max_positions(&self) -> usize {
         self.max_positions
-    }
-
-    /// The compute dtype (activations and KV cache).
-    pub fn dtype(&self) -> DType {
-        self.weights.dtype
     }
 
     /// Bytes of weights held.
