@@ -533,6 +533,25 @@ mod tests {
     }
 
     #[test]
+    fn sentencepiece_tokens_and_bos_post_processors() {
+        assert_eq!(sentencepiece_piece("\u{2581}Hello"), b" Hello");
+        assert_eq!(sentencepiece_piece("<0x0A>"), b"\n");
+        assert_eq!(sentencepiece_piece("<0xZZ>"), b"<0xZZ>");
+        let template = serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}]});
+        assert!(post_processor_starts_with(Some(&template), "<s>"));
+        assert!(!post_processor_starts_with(
+            Some(&template),
+            "<|begin_of_text|>"
+        ));
+        let sequence = serde_json::json!({"type": "Sequence",
+            "processors": [{"type": "ByteLevel"}, template]});
+        assert!(post_processor_starts_with(Some(&sequence), "<s>"));
+        assert!(!post_processor_starts_with(None, "<s>"));
+    }
+
+    #[test]
     fn unknown_pre_tokenizer_is_named() {
         let e = ModelTokenizer::new(&tiny("martian")).unwrap_err();
         assert!(e.to_string().contains("martian"), "{e}");
