@@ -308,21 +308,33 @@ async fn a_hugging_face_folder_answers_like_the_gguf() {
     assert!(weights > 1_900_000_000, "{weights}");
 }
 
+/// Runs the worker binary with `args` (a subcommand).
+fn run_cli<'a>(args: impl IntoIterator<Item = &'a std::ffi::OsStr>) -> std::process::Output {
+    std::process::Command::new(BINARY)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a run that must have succeeded.
+fn succeeded(out: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn export_hf_and_render_from_the_command_line() {
     let scratch = std::env::temp_dir().join(format!("vllm-rs-export-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let out = std::process::Command::new(BINARY)
-        .args(["export-hf", "--dtype", "f16"])
-        .arg(model(SMOLLM2))
-        .arg(&scratch)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let smollm2 = model(SMOLLM2);
+    succeeded(run_cli([
+        "export-hf".as_ref(),
+        "--dtype".as_ref(),
+        "f16".as_ref(),
+        smollm2.as_os_str(),
+        scratch.as_os_str(),
+    ]));
     for file in [
         "config.json",
         "model.safetensors",
@@ -346,19 +358,13 @@ fn export_hf_and_render_from_the_command_line() {
     )
     .unwrap();
     let render = |model: &Path| {
-        let out = std::process::Command::new(BINARY)
-            .args(["render", "--model"])
-            .arg(model)
-            .arg("--request")
-            .arg(&request)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(run_cli([
+            "render".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--request".as_ref(),
+            request.as_os_str(),
+        ]))
     };
     let from_gguf = render(&model(SMOLLM2));
     assert!(
@@ -369,12 +375,11 @@ fn export_hf_and_render_from_the_command_line() {
 
     let not_gguf = scratch.join("notes.gguf");
     std::fs::write(&not_gguf, b"not a model").unwrap();
-    let out = std::process::Command::new(BINARY)
-        .arg("export-hf")
-        .arg(&not_gguf)
-        .arg(scratch.join("out"))
-        .output()
-        .unwrap();
+    let out = run_cli([
+        "export-hf".as_ref(),
+        not_gguf.as_os_str(),
+        scratch.join("out").as_os_str(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
