@@ -35,7 +35,8 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 pub enum Arch {
     /// Llama 2/3, SmolLM2: no attention biases.
     Llama,
-    /// Mistral: Llama's layer (its sliding window is wider than the contexts served here).
+    /// Mistral: Llama's layer. Its `sliding_window` is not applied: past that many positions
+    /// (4096 in Mistral 7B v0.1) attention sees the whole context.
     Mistral,
     /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
     Qwen2,
