@@ -212,6 +212,9 @@ impl GgufFile {
                 })? as f64,
             rope_theta: self.f32_of(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             context_length: self.usize_required(&key("context_length"))?,
+            sliding_window: self
+                .u32_of(&key("attention.sliding_window"))?
+                .map(|w| w as usize),
         };
         let vocab = VocabSpec {
             tokens,

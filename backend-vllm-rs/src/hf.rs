@@ -94,6 +94,7 @@ struct HfConfig {
     #[serde(default)]
     eos_token_id: Option<Value>,
     quantization_config: Option<Value>,
+    sliding_window: Option<usize>,
     #[serde(rename = "_name_or_path")]
     name_or_path: Option<String>,
 }
@@ -188,6 +189,8 @@ impl HfFolder {
             rms_eps: config.rms_norm_eps,
             rope_theta: config.rope_theta.unwrap_or(10_000.0),
             context_length: config.max_position_embeddings.unwrap_or(2048),
+            // Qwen2/3 configs carry a window too, switched off by `use_sliding_window: false`.
+            sliding_window: config.sliding_window.filter(|_| arch == Arch::Mistral),
         };
         let shards = shard_files(dir)?;
         Ok(HfFolder {

@@ -35,8 +35,7 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 pub enum Arch {
     /// Llama 2/3, SmolLM2: no attention biases.
     Llama,
-    /// Mistral: Llama's layer. Its `sliding_window` is not applied: past that many positions
-    /// (4096 in Mistral 7B v0.1) attention sees the whole context.
+    /// Mistral: Llama's layer, with a sliding attention window in some versions.
     Mistral,
     /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
     Qwen2,
@@ -114,6 +113,9 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Context the model was trained on.
     pub context_length: usize,
+    /// Keys a query sees at most (itself and the `w - 1` before it), as Mistral 7B v0.1's
+    /// `sliding_window` in Hugging Face and vLLM; `None` for full attention.
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
@@ -491,8 +493,10 @@ impl Model {
                 .contiguous()?
                 .reshape((kv_heads, group * n, hd))?;
             let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
-            let scores = if n > 1 {
-                let mask = causal_mask(n, start, &self.device)?.to_dtype(scores.dtype())?;
+            let windowed = cfg.sliding_window.is_some_and(|w| keys > w);
+            let scores = if n > 1 || windowed {
+                let mask = causal_mask(n, start, cfg.sliding_window, &self.device)?
+                    .to_dtype(scores.dtype())?;
                 scores
                     .reshape((kv_heads, group, n, keys))?
                     .broadcast_add(&mask)?
@@ -524,13 +528,15 @@ fn matmul_bytes(m: &QMatMul) -> u64 {
     }
 }
 
-/// `(n, start + n)`: 0 where query `i` (at position `start + i`) may see key `j`, -inf after.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
+/// `(n, start + n)`: 0 where query `i` (at position `start + i`) may see key `j`, -inf after
+/// it and, with a sliding `window`, `window` or more positions before it.
+fn causal_mask(n: usize, start: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let keys = start + n;
     let mask: Vec<f32> = (0..n)
         .flat_map(|i| {
             (0..keys).map(move |j| {
-                if j > start + i {
+                let p = start + i;
+                if j > p || window.is_some_and(|w| p - j >= w) {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -579,10 +585,16 @@ mod tests {
 
     #[test]
     fn mask_lets_each_query_see_its_past() {
-        let m = causal_mask(2, 3, &Device::Cpu).unwrap();
+        let m = causal_mask(2, 3, None, &Device::Cpu).unwrap();
         let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
         assert_eq!(rows[0][..4], [0.0; 4]);
         assert!(rows[0][4].is_infinite());
         assert_eq!(rows[1], vec![0.0; 5]);
+        // A window of 2: each query sees itself and the key before it.
+        let m = causal_mask(2, 3, Some(2), &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        let seen = |row: &Vec<f32>| row.iter().map(|v| v.is_finite()).collect::<Vec<_>>();
+        assert_eq!(seen(&rows[0]), [false, false, true, true, false]);
+        assert_eq!(seen(&rows[1]), [false, false, false, true, true]);
     }
 }

@@ -454,3 +454,43 @@ fn llama3_rope_scaling_matches_candle_transformers() -> Result<()> {
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }
+
+#[test]
+fn mistral_sliding_window_matches_candle_transformers_prefill() -> Result<()> {
+    let root = std::env::temp_dir().join(format!("vllm-rs-window-{}", std::process::id()));
+    let dev = Device::Cpu;
+    let mut config = tiny_config("MistralForCausalLM", "mistral");
+    config["sliding_window"] = 3.into();
+    random_folder(&root, &config, false)?;
+    // candle-transformers lets a query see `sliding_window + 1` keys, Hugging Face and vLLM
+    // `sliding_window`: its config gets one less. Only a prefill is compared: its decode steps
+    // apply no window.
+    let mut reference_config = config.clone();
+    reference_config["sliding_window"] = 2.into();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[root.join("model.safetensors")], DType::F32, &dev)?
+    };
+    let mut reference = mistral::Model::new(&serde_json::from_value(reference_config)?, vb)?;
+    let prompt = [1u32, 5, 9, 2, 7, 3, 11];
+    let ids = Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?;
+    let theirs = reference.forward(&ids, 0)?.flatten_all()?;
+    let prefill = |model: &Model| -> Result<Tensor> {
+        let mut cache = SeqCache::new();
+        Ok(model.forward(&mut [BatchItem {
+            tokens: &prompt,
+            cache: &mut cache,
+        }])?)
+    };
+    let windowed = dense_model(&root)?;
+    assert_eq!(windowed.config().sliding_window, Some(3));
+    let diff = max_abs_diff(&prefill(&windowed)?, &theirs)?;
+    // Without the window the last query sees all 7 keys: other logits.
+    config["sliding_window"] = serde_json::Value::Null;
+    std::fs::write(root.join("config.json"), config.to_string())?;
+    let full = max_abs_diff(&prefill(&dense_model(&root)?)?, &theirs)?;
+    eprintln!("mistral window 3: max abs logit diff {diff:.2e}; without the window {full:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+    assert!(full > 1e-3, "{full}");
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
