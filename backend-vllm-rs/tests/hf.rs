@@ -3,6 +3,7 @@
 //! candle-transformers' on the same safetensors (tiny random weights for Qwen3 and Mistral,
 //! whose real weights cannot be fetched here).
 mod common;
+mod gguf_models;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,22 +17,12 @@ use backend_vllm_rs::gguf::GgufFile;
 use backend_vllm_rs::hf::{HfFolder, generation_eos_ids};
 use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
 use backend_vllm_rs::tokenizer::ModelTokenizer;
+use gguf_models::{gguf_model, max_abs_diff};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-
-fn gguf_model(name: &str) -> Result<(Model, ModelTokenizer)> {
-    let mut file = GgufFile::open(&e2e_backends::testing::model(name))?;
-    let header = file.header()?;
-    let tokenizer = ModelTokenizer::new(&header.vocab)?;
-    let weights = file.weights(&header.config, &Device::Cpu)?;
-    Ok((
-        Model::new(header.config, weights, 512, &Device::Cpu)?,
-        tokenizer,
-    ))
-}
 
 fn folder_model(dir: &Path, dtype: DType) -> Result<(Model, ModelTokenizer)> {
     let folder = HfFolder::open(dir)?;
@@ -59,11 +50,6 @@ fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<u32>, Vec<
         input = vec![next];
     }
     Ok((tokens, logits))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    let (a, b) = (a.flatten_all()?, b.flatten_all()?);
-    Ok((a - b)?.abs()?.max(0)?.to_scalar::<f32>()?)
 }
 
 #[test]

@@ -1,36 +1,19 @@
 //! Our model code against candle-transformers' reference implementations on the same GGUF
 //! weights (logits, max abs diff reported; run with `CANDLE_DEQUANTIZE_ALL=1` for the exact
 //! f32 comparison), and batching against one-by-one runs.
+mod gguf_models;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
-use backend_vllm_rs::gguf::GgufFile;
 use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
-use backend_vllm_rs::tokenizer::ModelTokenizer;
+use gguf_models::{gguf_model, max_abs_diff};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-
-fn ours(name: &str) -> Result<(Model, ModelTokenizer)> {
-    let mut file = GgufFile::open(&e2e_backends::testing::model(name))?;
-    let header = file.header()?;
-    let tokenizer = ModelTokenizer::new(&header.vocab)?;
-    let weights = file.weights(&header.config, &Device::Cpu)?;
-    Ok((
-        Model::new(header.config, weights, 512, &Device::Cpu)?,
-        tokenizer,
-    ))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    let a = a.flatten_all()?;
-    let b = b.flatten_all()?;
-    Ok((a - b)?.abs()?.max(0)?.to_scalar::<f32>()?)
-}
 
 /// Logits after the prompt and after each of `steps` greedy tokens, from our model.
 fn our_logits(model: &Model, prompt: &[u32], steps: usize) -> Result<Vec<Tensor>> {
@@ -51,7 +34,7 @@ fn our_logits(model: &Model, prompt: &[u32], steps: usize) -> Result<Vec<Tensor>
 
 fn compare(name: &str, reference: impl FnMut(&Tensor, usize) -> Result<Tensor>) -> Result<()> {
     let mut reference = reference;
-    let (model, tokenizer) = ours(name)?;
+    let (model, tokenizer) = gguf_model(name)?;
     let prompt = tokenizer.encode(PROMPT, false)?;
     let logits = our_logits(&model, &prompt, 4)?;
     let mut position = 0;
@@ -106,7 +89,7 @@ fn llama_logits_match_candle_transformers() -> Result<()> {
 
 #[test]
 fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
-    let (model, tokenizer) = ours(SMOLLM2)?;
+    let (model, tokenizer) = gguf_model(SMOLLM2)?;
     let long = tokenizer.encode("The quick brown fox jumps over the lazy dog, again", false)?;
     let short = tokenizer.encode("Paris is", false)?;
     // Separate runs: each prompt, then one more token.
