@@ -159,16 +159,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (m, 77), &dev).unwrap();
             let ours = matmul(&w, &x).unwrap();
             let expected = x.matmul(&reference_w.t().unwrap()).unwrap();
-            let diff = (ours - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::row_parallel::tests::max_abs_diff(&ours, &expected);
             assert!(diff < 1e-3, "m={m}: {diff}");
         }
         // Every kernel this CPU runs gives the portable result.

@@ -253,16 +253,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (m, 96), &dev).unwrap();
             let a = ours.matmul(&x).unwrap();
             let b = candle_core::Module::forward(&theirs, &x).unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::row_parallel::tests::max_abs_diff(&a, &b);
             assert!(diff < 1e-3, "m={m}: {diff}");
         }
         // Every kernel this CPU runs agrees with the portable one, odd block counts included.

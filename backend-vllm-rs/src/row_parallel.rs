@@ -46,8 +46,15 @@ pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The largest absolute difference between two tensors, for the kernels' tests.
+    pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap()
+    }
 
     #[test]
     fn every_row_once_transposed() {
