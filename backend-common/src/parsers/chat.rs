@@ -1,7 +1,7 @@
 //! [`ChatParser`]: the per-request driver that runs the reasoning parser, then the tool parser,
 //! over streamed model output, and gives both deltas and the whole message.
 
-use super::registry::{ParserSelection, ReasoningParserKind, ToolParserKind};
+use super::registry::{ReasoningParserKind, ToolParserKind};
 use super::stream::{End, Passthrough, PendingInput, Recorder, Sink, Stage};
 use super::types::{ChatDelta, ParseOptions, ParsedMessage};
 
@@ -76,11 +76,6 @@ impl ChatParser {
             content_always_present: tool.is_some_and(ToolParserKind::content_always_present),
             finished: false,
         }
-    }
-
-    /// A parser for a selection made by [`select_parsers`](super::select_parsers).
-    pub fn from_selection(selection: &ParserSelection, options: ParseOptions) -> ChatParser {
-        ChatParser::new(selection.tool.kind(), selection.reasoning.kind(), options)
     }
 
     /// Parses a whole generation at once (the same code path as streaming).

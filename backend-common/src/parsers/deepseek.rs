@@ -83,6 +83,54 @@ impl DeepSeek {
         }
     }
 
+    /// Starts reading a function name; returns the mode for it.
+    fn start_name(&mut self) -> Mode {
+        self.name.clear();
+        Mode::Name
+    }
+
+    /// Starts reading arguments; returns the mode for them.
+    fn start_arguments(&mut self) -> Mode {
+        self.scanner = JsonScanner::new();
+        Mode::Arguments
+    }
+
+    fn step_name(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        let ends = match self.layout {
+            Layout::V3 => &V3_NAME_ENDS,
+            Layout::V31 => &V31_NAME_ENDS,
+        };
+        let (taken, used, done) = match ends.scan(rest, end) {
+            Scan::Found { at, marker: 0 } => (at, at + ends.list()[0].len(), true),
+            // A call without arguments.
+            Scan::Found { at, .. } => (at, at, true),
+            Scan::Partial { at } => (at, at, false),
+            Scan::Clear => (rest.len(), rest.len(), false),
+        };
+        self.name.push_str(&rest[..taken]);
+        if self.name.len() > MAX_NAME_LEN {
+            self.mode = Mode::AfterArguments;
+            return Some(used);
+        }
+        if !done {
+            self.mode = Mode::Name;
+            return (used > 0).then_some(used);
+        }
+        let name = self.name.trim();
+        if name.is_empty() {
+            self.mode = Mode::AfterArguments;
+            return Some(used);
+        }
+        out.call_start(name, None);
+        self.mode = match self.layout {
+            Layout::V3 => Mode::Fence,
+            Layout::V31 => self.start_arguments(),
+        };
+        Some(used)
+    }
+}
+
+impl Stage for DeepSeek {
     fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         if rest.is_empty() {
             return None;
@@ -235,62 +283,6 @@ impl DeepSeek {
                 }
             },
         }
-    }
-
-    /// Starts reading a function name; returns the mode for it.
-    fn start_name(&mut self) -> Mode {
-        self.name.clear();
-        Mode::Name
-    }
-
-    /// Starts reading arguments; returns the mode for them.
-    fn start_arguments(&mut self) -> Mode {
-        self.scanner = JsonScanner::new();
-        Mode::Arguments
-    }
-
-    fn step_name(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        let ends = match self.layout {
-            Layout::V3 => &V3_NAME_ENDS,
-            Layout::V31 => &V31_NAME_ENDS,
-        };
-        let (taken, used, done) = match ends.scan(rest, end) {
-            Scan::Found { at, marker: 0 } => (at, at + ends.list()[0].len(), true),
-            // A call without arguments.
-            Scan::Found { at, .. } => (at, at, true),
-            Scan::Partial { at } => (at, at, false),
-            Scan::Clear => (rest.len(), rest.len(), false),
-        };
-        self.name.push_str(&rest[..taken]);
-        if self.name.len() > MAX_NAME_LEN {
-            self.mode = Mode::AfterArguments;
-            return Some(used);
-        }
-        if !done {
-            self.mode = Mode::Name;
-            return (used > 0).then_some(used);
-        }
-        let name = self.name.trim();
-        if name.is_empty() {
-            self.mode = Mode::AfterArguments;
-            return Some(used);
-        }
-        out.call_start(name, None);
-        self.mode = match self.layout {
-            Layout::V3 => Mode::Fence,
-            Layout::V31 => self.start_arguments(),
-        };
-        Some(used)
-    }
-}
-
-impl Stage for DeepSeek {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
-        }
-        used
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

@@ -40,7 +40,9 @@ impl Functionary {
             escaped: String::new(),
         }
     }
+}
 
+impl Stage for Functionary {
     fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         if rest.is_empty() {
             return None;
@@ -138,16 +140,6 @@ impl Functionary {
                 (used > 0).then_some(used)
             }
         }
-    }
-}
-
-impl Stage for Functionary {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
-        }
-        used
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

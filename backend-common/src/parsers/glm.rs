@@ -49,53 +49,6 @@ impl Glm {
         }
     }
 
-    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        if rest.is_empty() {
-            return None;
-        }
-        if !self.in_call {
-            return match OPEN.scan(rest, end) {
-                Scan::Found { at, .. } => {
-                    self.prose(&rest[..at], out);
-                    self.call.clear();
-                    self.in_call = true;
-                    Some(at + TOOL_CALL.len())
-                }
-                Scan::Partial { at } => {
-                    self.prose(&rest[..at], out);
-                    (at > 0).then_some(at)
-                }
-                Scan::Clear => {
-                    self.prose(rest, out);
-                    Some(rest.len())
-                }
-            };
-        }
-        match CLOSE.scan(rest, end) {
-            Scan::Found { at, .. } => {
-                self.call.push_str(&rest[..at]);
-                self.in_call = false;
-                match self.parse_call(&self.call) {
-                    Some((name, arguments)) => {
-                        self.calls += 1;
-                        out.call_start(&name, None);
-                        out.call_args(&pylit::dumps(&Value::Object(arguments)));
-                    }
-                    None => self.prose(&format!("{TOOL_CALL}{}{TOOL_CALL_END}", self.call), out),
-                }
-                Some(at + TOOL_CALL_END.len())
-            }
-            Scan::Partial { at } => {
-                self.call.push_str(&rest[..at]);
-                (at > 0).then_some(at)
-            }
-            Scan::Clear => {
-                self.call.push_str(rest);
-                Some(rest.len())
-            }
-        }
-    }
-
     /// Name and arguments of a complete call body.
     fn parse_call(&self, body: &str) -> Option<(String, Map<String, Value>)> {
         let name_end = [body.find('\n'), body.find(ARG_KEY)]
@@ -143,12 +96,51 @@ impl Glm {
 }
 
 impl Stage for Glm {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        if rest.is_empty() {
+            return None;
         }
-        used
+        if !self.in_call {
+            return match OPEN.scan(rest, end) {
+                Scan::Found { at, .. } => {
+                    self.prose(&rest[..at], out);
+                    self.call.clear();
+                    self.in_call = true;
+                    Some(at + TOOL_CALL.len())
+                }
+                Scan::Partial { at } => {
+                    self.prose(&rest[..at], out);
+                    (at > 0).then_some(at)
+                }
+                Scan::Clear => {
+                    self.prose(rest, out);
+                    Some(rest.len())
+                }
+            };
+        }
+        match CLOSE.scan(rest, end) {
+            Scan::Found { at, .. } => {
+                self.call.push_str(&rest[..at]);
+                self.in_call = false;
+                match self.parse_call(&self.call) {
+                    Some((name, arguments)) => {
+                        self.calls += 1;
+                        out.call_start(&name, None);
+                        out.call_args(&pylit::dumps(&Value::Object(arguments)));
+                    }
+                    None => self.prose(&format!("{TOOL_CALL}{}{TOOL_CALL_END}", self.call), out),
+                }
+                Some(at + TOOL_CALL_END.len())
+            }
+            Scan::Partial { at } => {
+                self.call.push_str(&rest[..at]);
+                (at > 0).then_some(at)
+            }
+            Scan::Clear => {
+                self.call.push_str(rest);
+                Some(rest.len())
+            }
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

@@ -55,21 +55,6 @@ impl Harmony {
         }
     }
 
-    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        if rest.is_empty() {
-            return None;
-        }
-        match self.mode {
-            Mode::Header => self.step_header(rest, end, out),
-            Mode::Body(body) => self.step_body(body, rest, end, out),
-            Mode::Between => self.step_between(rest, end),
-            Mode::Plain => {
-                out.content(rest);
-                Some(rest.len())
-            }
-        }
-    }
-
     fn step_header(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         let (taken, used, found) = match HEADER_ENDS.scan(rest, end) {
             Scan::Found { at, marker: 0 } => (at, at + MESSAGE.len(), Some(MESSAGE)),
@@ -167,12 +152,19 @@ fn header_field<'h>(header: &'h str, key: &str) -> Option<&'h str> {
 }
 
 impl Stage for Harmony {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        if rest.is_empty() {
+            return None;
         }
-        used
+        match self.mode {
+            Mode::Header => self.step_header(rest, end, out),
+            Mode::Body(body) => self.step_body(body, rest, end, out),
+            Mode::Between => self.step_between(rest, end),
+            Mode::Plain => {
+                out.content(rest);
+                Some(rest.len())
+            }
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

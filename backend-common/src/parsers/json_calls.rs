@@ -442,30 +442,6 @@ impl JsonCalls {
         ObjectOutcome::Finished
     }
 
-    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        // Without input only these modes have anything left to do; the handlers of the others
-        // are given input.
-        if rest.is_empty() && !matches!(self.mode, Mode::ContentOnly | Mode::Close) {
-            return None;
-        }
-        match std::mem::replace(&mut self.mode, Mode::Prose) {
-            Mode::Prose => self.step_prose(rest, end, out),
-            Mode::ContentOnly => {
-                self.mode = Mode::ContentOnly;
-                self.flush_ws(out);
-                self.emit_prose(rest, out);
-                (!rest.is_empty()).then_some(rest.len())
-            }
-            Mode::Skip => self.step_skip(rest),
-            Mode::Object => self.step_object(rest, out),
-            Mode::Array(expect) => self.step_array(expect, rest, out),
-            Mode::Name => self.step_name(rest, end, out),
-            Mode::Arguments => self.step_arguments(rest, out),
-            Mode::RawArguments => self.step_raw_arguments(rest, end, out),
-            Mode::Close => self.step_close(rest, end, out),
-        }
-    }
-
     fn step_prose(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         self.mode = Mode::Prose;
         if self.format.anchored {
@@ -763,12 +739,28 @@ enum ObjectOutcome {
 }
 
 impl Stage for JsonCalls {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        // Without input only these modes have anything left to do; the handlers of the others
+        // are given input.
+        if rest.is_empty() && !matches!(self.mode, Mode::ContentOnly | Mode::Close) {
+            return None;
         }
-        used
+        match std::mem::replace(&mut self.mode, Mode::Prose) {
+            Mode::Prose => self.step_prose(rest, end, out),
+            Mode::ContentOnly => {
+                self.mode = Mode::ContentOnly;
+                self.flush_ws(out);
+                self.emit_prose(rest, out);
+                (!rest.is_empty()).then_some(rest.len())
+            }
+            Mode::Skip => self.step_skip(rest),
+            Mode::Object => self.step_object(rest, out),
+            Mode::Array(expect) => self.step_array(expect, rest, out),
+            Mode::Name => self.step_name(rest, end, out),
+            Mode::Arguments => self.step_arguments(rest, out),
+            Mode::RawArguments => self.step_raw_arguments(rest, end, out),
+            Mode::Close => self.step_close(rest, end, out),
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

@@ -81,7 +81,9 @@ impl Kimi {
             Scan::Clear => (rest.len(), rest.len(), None),
         }
     }
+}
 
+impl Stage for Kimi {
     fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         if rest.is_empty() {
             return None;
@@ -174,16 +176,6 @@ impl Kimi {
         };
         self.mode = next;
         (used > 0).then_some(used)
-    }
-}
-
-impl Stage for Kimi {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
-        }
-        used
     }
 
     fn finish(&mut self, _out: &mut dyn Sink) {}

@@ -95,6 +95,55 @@ impl Pythonic {
         }
     }
 
+    fn step_item(&mut self, rest: &str, out: &mut dyn Sink) -> Option<usize> {
+        let mut lexer = self.lexer;
+        for (i, byte) in rest.bytes().enumerate() {
+            if let Some(quote) = lexer.quote {
+                if lexer.escape {
+                    lexer.escape = false;
+                } else if byte == b'\\' {
+                    lexer.escape = true;
+                } else if byte == quote {
+                    lexer.quote = None;
+                }
+                continue;
+            }
+            match byte {
+                b'\'' | b'"' => lexer.quote = Some(byte),
+                b'(' | b'[' | b'{' => {
+                    lexer.opened = true;
+                    lexer.depth += 1;
+                }
+                b')' | b']' | b'}' if lexer.depth > 0 => {
+                    lexer.depth -= 1;
+                    if lexer.depth == 0 {
+                        let used = i + 1;
+                        self.hold(&rest[..used]);
+                        self.emit_item(out);
+                        self.mode = Mode::CommaOrEnd;
+                        return Some(used);
+                    }
+                }
+                // Before its parenthesis a call is a (dotted) name; anything else ends the list.
+                _ if !(lexer.opened
+                    || byte.is_ascii_alphanumeric()
+                    || matches!(byte, b'_' | b'.' | b' ')
+                    || byte >= 0x80) =>
+                {
+                    self.hold(&rest[..i]);
+                    self.give_up(out);
+                    return Some(i);
+                }
+                _ => {}
+            }
+        }
+        self.lexer = lexer;
+        self.hold(rest);
+        Some(rest.len())
+    }
+}
+
+impl Stage for Pythonic {
     fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         let first = *rest.as_bytes().first()?;
         match self.mode {
@@ -171,63 +220,6 @@ impl Pythonic {
                 Some(rest.len())
             }
         }
-    }
-
-    fn step_item(&mut self, rest: &str, out: &mut dyn Sink) -> Option<usize> {
-        let mut lexer = self.lexer;
-        for (i, byte) in rest.bytes().enumerate() {
-            if let Some(quote) = lexer.quote {
-                if lexer.escape {
-                    lexer.escape = false;
-                } else if byte == b'\\' {
-                    lexer.escape = true;
-                } else if byte == quote {
-                    lexer.quote = None;
-                }
-                continue;
-            }
-            match byte {
-                b'\'' | b'"' => lexer.quote = Some(byte),
-                b'(' | b'[' | b'{' => {
-                    lexer.opened = true;
-                    lexer.depth += 1;
-                }
-                b')' | b']' | b'}' if lexer.depth > 0 => {
-                    lexer.depth -= 1;
-                    if lexer.depth == 0 {
-                        let used = i + 1;
-                        self.hold(&rest[..used]);
-                        self.emit_item(out);
-                        self.mode = Mode::CommaOrEnd;
-                        return Some(used);
-                    }
-                }
-                // Before its parenthesis a call is a (dotted) name; anything else ends the list.
-                _ if !(lexer.opened
-                    || byte.is_ascii_alphanumeric()
-                    || matches!(byte, b'_' | b'.' | b' ')
-                    || byte >= 0x80) =>
-                {
-                    self.hold(&rest[..i]);
-                    self.give_up(out);
-                    return Some(i);
-                }
-                _ => {}
-            }
-        }
-        self.lexer = lexer;
-        self.hold(rest);
-        Some(rest.len())
-    }
-}
-
-impl Stage for Pythonic {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
-        }
-        used
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

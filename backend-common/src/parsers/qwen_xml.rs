@@ -108,99 +108,6 @@ impl QwenXml {
         (!typed.is_string() || typed.nullable).then_some(typed)
     }
 
-    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        if rest.is_empty() {
-            return None;
-        }
-        match std::mem::replace(&mut self.mode, Mode::Prose) {
-            Mode::Prose => match CALL_STARTS.scan(rest, end) {
-                Scan::Found { at, marker } => {
-                    self.prose(&rest[..at], out);
-                    if marker == 0 {
-                        self.held = TOOL_CALL.to_owned();
-                        self.mode = Mode::AfterToolCall;
-                        Some(at + TOOL_CALL.len())
-                    } else {
-                        self.held = FUNCTION.to_owned();
-                        self.name.clear();
-                        self.mode = Mode::FunctionName;
-                        Some(at + FUNCTION.len())
-                    }
-                }
-                Scan::Partial { at } => {
-                    self.prose(&rest[..at], out);
-                    (at > 0).then_some(at)
-                }
-                Scan::Clear => {
-                    self.prose(rest, out);
-                    Some(rest.len())
-                }
-            },
-            Mode::AfterToolCall => {
-                let ws = leading_ws(rest);
-                if ws > 0 {
-                    self.held.push_str(&rest[..ws]);
-                    self.mode = Mode::AfterToolCall;
-                    return Some(ws);
-                }
-                match starts_with(rest, FUNCTION, end) {
-                    Prefix::Yes => {
-                        self.held.push_str(FUNCTION);
-                        self.name.clear();
-                        self.mode = Mode::FunctionName;
-                        Some(FUNCTION.len())
-                    }
-                    Prefix::Undecided => {
-                        self.mode = Mode::AfterToolCall;
-                        None
-                    }
-                    Prefix::No => {
-                        self.release(out);
-                        Some(0)
-                    }
-                }
-            }
-            Mode::FunctionName => self.step_name(rest, end, out, true),
-            Mode::ParamName => self.step_name(rest, end, out, false),
-            Mode::InFunction => match FUNCTION_STOPS.scan(rest, end) {
-                Scan::Found { at, marker: 0 } => {
-                    self.name.clear();
-                    self.mode = Mode::ParamName;
-                    Some(at + PARAMETER.len())
-                }
-                Scan::Found { at, marker } => {
-                    out.call_args("}");
-                    self.mode = if marker == 1 {
-                        Mode::AfterFunction
-                    } else {
-                        Mode::Prose
-                    };
-                    Some(at + FUNCTION_PARTS[marker].len())
-                }
-                Scan::Partial { at } => {
-                    self.mode = Mode::InFunction;
-                    (at > 0).then_some(at)
-                }
-                Scan::Clear => {
-                    self.mode = Mode::InFunction;
-                    Some(rest.len())
-                }
-            },
-            Mode::Value => self.step_value(rest, end, out),
-            Mode::AfterFunction => {
-                let ws = leading_ws(rest);
-                match starts_with(&rest[ws..], TOOL_CALL_END, end) {
-                    Prefix::Yes => Some(ws + TOOL_CALL_END.len()),
-                    Prefix::Undecided => {
-                        self.mode = Mode::AfterFunction;
-                        None
-                    }
-                    Prefix::No => Some(ws),
-                }
-            }
-        }
-    }
-
     /// Reads a function name (`function`) or parameter name up to `>`.
     fn step_name(
         &mut self,
@@ -375,12 +282,97 @@ pub(crate) fn convert(text: &str, typed: &ParamType) -> Value {
 }
 
 impl Stage for QwenXml {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        if rest.is_empty() {
+            return None;
         }
-        used
+        match std::mem::replace(&mut self.mode, Mode::Prose) {
+            Mode::Prose => match CALL_STARTS.scan(rest, end) {
+                Scan::Found { at, marker } => {
+                    self.prose(&rest[..at], out);
+                    if marker == 0 {
+                        self.held = TOOL_CALL.to_owned();
+                        self.mode = Mode::AfterToolCall;
+                        Some(at + TOOL_CALL.len())
+                    } else {
+                        self.held = FUNCTION.to_owned();
+                        self.name.clear();
+                        self.mode = Mode::FunctionName;
+                        Some(at + FUNCTION.len())
+                    }
+                }
+                Scan::Partial { at } => {
+                    self.prose(&rest[..at], out);
+                    (at > 0).then_some(at)
+                }
+                Scan::Clear => {
+                    self.prose(rest, out);
+                    Some(rest.len())
+                }
+            },
+            Mode::AfterToolCall => {
+                let ws = leading_ws(rest);
+                if ws > 0 {
+                    self.held.push_str(&rest[..ws]);
+                    self.mode = Mode::AfterToolCall;
+                    return Some(ws);
+                }
+                match starts_with(rest, FUNCTION, end) {
+                    Prefix::Yes => {
+                        self.held.push_str(FUNCTION);
+                        self.name.clear();
+                        self.mode = Mode::FunctionName;
+                        Some(FUNCTION.len())
+                    }
+                    Prefix::Undecided => {
+                        self.mode = Mode::AfterToolCall;
+                        None
+                    }
+                    Prefix::No => {
+                        self.release(out);
+                        Some(0)
+                    }
+                }
+            }
+            Mode::FunctionName => self.step_name(rest, end, out, true),
+            Mode::ParamName => self.step_name(rest, end, out, false),
+            Mode::InFunction => match FUNCTION_STOPS.scan(rest, end) {
+                Scan::Found { at, marker: 0 } => {
+                    self.name.clear();
+                    self.mode = Mode::ParamName;
+                    Some(at + PARAMETER.len())
+                }
+                Scan::Found { at, marker } => {
+                    out.call_args("}");
+                    self.mode = if marker == 1 {
+                        Mode::AfterFunction
+                    } else {
+                        Mode::Prose
+                    };
+                    Some(at + FUNCTION_PARTS[marker].len())
+                }
+                Scan::Partial { at } => {
+                    self.mode = Mode::InFunction;
+                    (at > 0).then_some(at)
+                }
+                Scan::Clear => {
+                    self.mode = Mode::InFunction;
+                    Some(rest.len())
+                }
+            },
+            Mode::Value => self.step_value(rest, end, out),
+            Mode::AfterFunction => {
+                let ws = leading_ws(rest);
+                match starts_with(&rest[ws..], TOOL_CALL_END, end) {
+                    Prefix::Yes => Some(ws + TOOL_CALL_END.len()),
+                    Prefix::Undecided => {
+                        self.mode = Mode::AfterFunction;
+                        None
+                    }
+                    Prefix::No => Some(ws),
+                }
+            }
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Sink) {

@@ -102,7 +102,8 @@ impl ThinkTags {
         }
     }
 
-    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+    /// One step in the current mode; the trait's `step` also tracks the start of output.
+    fn step_section(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
         if rest.is_empty() {
             return None;
         }
@@ -224,13 +225,10 @@ impl ThinkTags {
 }
 
 impl Stage for ThinkTags {
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
-        let mut used = 0;
-        while let Some(step) = self.step(&input[used..], end, out) {
-            used += step;
-            self.at_beginning = self.at_beginning && used == 0;
-        }
-        used
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
+        let used = self.step_section(rest, end, out)?;
+        self.at_beginning = self.at_beginning && used == 0;
+        Some(used)
     }
 
     fn finish(&mut self, _out: &mut dyn Sink) {}

@@ -50,12 +50,23 @@ pub(crate) trait Sink {
 
 /// An incremental parser.
 pub(crate) trait Stage: Send {
+    /// Consumes a prefix of `rest` in the parser's current mode and reports what it decided;
+    /// `None` when nothing more can be decided until more input (or the end) comes. Returns
+    /// lengths in bytes, on char boundaries.
+    fn step(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize>;
+
     /// Consumes a prefix of `input` (returning its length in bytes, on a char boundary) and
-    /// reports what it decided. At [`End::Eof`] it must consume everything.
+    /// reports what it decided, step by step. At [`End::Eof`] it must consume everything.
     ///
     /// Empty input with [`End::Open`] holds nothing to decide, and callers skip such calls (a
     /// reasoning stage passes nothing on to the tool stage for most pieces).
-    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize;
+    fn advance(&mut self, input: &str, end: End, out: &mut dyn Sink) -> usize {
+        let mut used = 0;
+        while let Some(step) = self.step(&input[used..], end, out) {
+            used += step;
+        }
+        used
+    }
 
     /// Resolves internal state at the end of the generation, after the final `advance`.
     fn finish(&mut self, out: &mut dyn Sink);
@@ -65,9 +76,12 @@ pub(crate) trait Stage: Send {
 pub(crate) struct Passthrough;
 
 impl Stage for Passthrough {
-    fn advance(&mut self, input: &str, _end: End, out: &mut dyn Sink) -> usize {
-        out.content(input);
-        input.len()
+    fn step(&mut self, rest: &str, _end: End, out: &mut dyn Sink) -> Option<usize> {
+        if rest.is_empty() {
+            return None;
+        }
+        out.content(rest);
+        Some(rest.len())
     }
 
     fn finish(&mut self, _out: &mut dyn Sink) {}
