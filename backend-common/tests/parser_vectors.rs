@@ -1,5 +1,5 @@
 //! Conformance of the tool-call and reasoning parsers against the shared vectors
-//! (`shared/conformance/parser-vectors/*.json`, folder overridable with `PARSER_VECTORS`).
+//! (`tests/fixtures/parser-vectors/*.json`, folder overridable with `PARSER_VECTORS`).
 //!
 //! Every vector is checked whole (non-streamed) and streamed, and the streamed result must not
 //! depend on how the text is split: every char boundary (special tokens whole, and again as plain
@@ -79,7 +79,7 @@ impl Vector {
 fn vectors_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let configured = std::env::var("PARSER_VECTORS")
-        .unwrap_or_else(|_| "../../shared/conformance/parser-vectors".to_owned());
+        .unwrap_or_else(|_| "tests/fixtures/parser-vectors".to_owned());
     let configured = PathBuf::from(configured);
     if configured.is_absolute() {
         return configured;

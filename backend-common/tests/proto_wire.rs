@@ -1,5 +1,5 @@
 //! Proves that the generated `backend_common::pb` types are wire-compatible with LocalAI's
-//! `Backend` service as fixed by `shared/wire-contract.md`.
+//! `Backend` service as fixed by `proto/wire-contract.md`.
 //!
 //! The contract's tables are transcribed below as data: (number, name, type) for every field of
 //! every message, the `StatusResponse.State` values and the RPCs. Nothing in them comes from the
