@@ -384,6 +384,7 @@ async fn sigterm_ends_running_streams_cleanly() {
     assert!(!first.message.is_empty());
     let pid = worker.pid().unwrap() as libc::pid_t;
     // SAFETY: kill(2) on the worker this test started.
+    // SAFETY: kill(2) on the worker this test spawned and has not reaped.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let mut last = first;
     while let Some(reply) = stream

@@ -116,14 +116,15 @@ type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
 fn dot_fn() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY (both): the features the functions enable were detected on this CPU.
         if std::arch::is_x86_feature_detected!("avx512vnni")
             && std::arch::is_x86_feature_detected!("avx512bw")
         {
+            // SAFETY: the features the function enables were detected on this CPU just above.
             return |wq, ws, xq, xs| unsafe { dot_avx512_vnni(wq, ws, xq, xs) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            // SAFETY: the features the function enables were detected on this CPU just above.
             return |wq, ws, xq, xs| unsafe { dot_avx2(wq, ws, xq, xs) };
         }
     }
@@ -269,6 +270,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            // SAFETY: AVX2 and FMA were detected just above.
             let avx2 = unsafe { dot_avx2(&wq, &ws, &xq.quants, &xq.scales) };
             assert!((avx2 - expected).abs() < 1e-3, "{avx2} {expected}");
         }

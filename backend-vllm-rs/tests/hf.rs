@@ -52,6 +52,14 @@ fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<u32>, Vec<
     Ok((tokens, logits))
 }
 
+/// The weights of a folder written by these tests, for candle-transformers' reference models.
+fn reference_weights(dir: &Path, dev: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the file was written by this test and nothing changes it while it is mapped.
+    Ok(unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, dev)?
+    })
+}
+
 #[test]
 fn exported_qwen_folder_gives_the_gguf_greedy_tokens() -> Result<()> {
     let dir = common::exported(QWEN, DType::F32);
@@ -291,9 +299,7 @@ fn qwen3_folder_and_gguf_and_mistral_match_candle_transformers() -> Result<()> {
     let config = tiny_config("Qwen3ForCausalLM", "qwen3");
     let dir = root.join("qwen3");
     let tensors = random_folder(&dir, &config, true)?;
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)?
-    };
+    let vb = reference_weights(&dir, &dev)?;
     let mut reference = qwen3::ModelForCausalLM::new(&serde_json::from_value(config.clone())?, vb)?;
     let qwen3_diff = compare_dense(&dense_model(&dir)?, |ids, pos| {
         Ok(reference.forward(ids, pos)?)
@@ -311,9 +317,7 @@ fn qwen3_folder_and_gguf_and_mistral_match_candle_transformers() -> Result<()> {
     let config = tiny_config("MistralForCausalLM", "mistral");
     let dir = root.join("mistral");
     random_folder(&dir, &config, false)?;
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev)?
-    };
+    let vb = reference_weights(&dir, &dev)?;
     let mut reference = mistral::Model::new(&serde_json::from_value(config.clone())?, vb)?;
     let mistral_diff = compare_dense(&dense_model(&dir)?, |ids, pos| {
         Ok(reference.forward(ids, pos)?)
@@ -426,9 +430,7 @@ fn llama3_rope_scaling_matches_candle_transformers() -> Result<()> {
     });
     random_folder(&root, &config, false)?;
     let dev = Device::Cpu;
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[root.join("model.safetensors")], DType::F32, &dev)?
-    };
+    let vb = reference_weights(&root, &dev)?;
     let cfg = serde_json::from_value::<llama::LlamaConfig>(config)?.into_config(false);
     let reference = llama::Llama::load(vb, &cfg)?;
     let mut cache = llama::Cache::new(true, DType::F32, &cfg, &dev)?;
@@ -453,9 +455,7 @@ fn mistral_sliding_window_matches_candle_transformers_prefill() -> Result<()> {
     // apply no window.
     let mut reference_config = config.clone();
     reference_config["sliding_window"] = 2.into();
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[root.join("model.safetensors")], DType::F32, &dev)?
-    };
+    let vb = reference_weights(&root, &dev)?;
     let mut reference = mistral::Model::new(&serde_json::from_value(reference_config)?, vb)?;
     let prompt = [1u32, 5, 9, 2, 7, 3, 11];
     let ids = Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?;

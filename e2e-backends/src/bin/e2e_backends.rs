@@ -150,6 +150,7 @@ fn stdout_to_stderr<T>(f: impl FnOnce() -> T) -> T {
     if saved < 0 {
         return f();
     }
+    // SAFETY: as above, on the process's own standard descriptors.
     unsafe { libc::dup2(2, 1) };
     let result = f();
     let _ = std::io::stdout().flush();
