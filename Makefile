@@ -11,10 +11,18 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
   docker-build-llama-cpp docker-build-vllm docker-build-backends \
   test-extra-backend test-extra-backend-llama-cpp test-extra-backend-vllm test-images
 
-## Install the system packages the build needs (cmake and libclang for llama.cpp).
+# clippy checks llama-cpp-sys-2 under another unit hash than the test build, so its build
+# script compiles llama.cpp a second time; ggml's cmake uses ccache when it is installed, and
+# with paths taken relative to the clone the second compile is served from the cache.
+export CCACHE_DIR ?= $(CURDIR)/target/ccache
+export CCACHE_BASEDIR ?= $(CURDIR)
+export CCACHE_NOHASHDIR ?= 1
+
+## Install the system packages the build needs (cmake and libclang for llama.cpp, ccache).
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v ccache >/dev/null || missing="$$missing ccache"; \
 	ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* 2>/dev/null | grep -q . || missing="$$missing libclang-dev"; \
 	command -v c++ >/dev/null || missing="$$missing g++"; \
 	command -v python3 >/dev/null || missing="$$missing python3 python3-pip"; \
