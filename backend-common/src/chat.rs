@@ -2,7 +2,7 @@
 //! prompt the model was trained on, and its tool/reasoning parsers turn the generated text
 //! back into content, reasoning and tool calls.
 use crate::engine::{EngineError, ModelInfo, Prompt, ToolCallConstraint};
-use crate::options::Options;
+use crate::load::ParserChoice;
 use crate::parsers::{
     ChatParser, ParseOptions, ParserSelection, ToolSpec, model_family, select_parsers,
 };
@@ -10,9 +10,6 @@ use crate::pb::PredictOptions;
 use crate::template::{ChatMessage, ChatTemplate, RenderRequest, TemplateError};
 
 mod forced;
-
-/// Option keys that pick parsers.
-pub const PARSER_OPTIONS: [&str; 2] = ["tool_parser", "reasoning_parser"];
 
 /// How the request lets the model use its tools (`ToolChoice`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +65,6 @@ pub struct PreparedPrompt {
     pub prompt: Prompt,
     /// Turns the output into content, reasoning and tool calls (chat requests only).
     pub parser: Option<ChatParser>,
-    /// The request's tool choice.
-    pub tool_choice: ToolChoice,
     /// The call the output must be, when the tool choice forces one.
     pub tool_call: Option<ToolCallConstraint>,
 }
@@ -78,13 +73,6 @@ pub struct PreparedPrompt {
 pub struct ChatSetup {
     template: Result<ChatTemplate, String>,
     parsers: ParserSelection,
-}
-
-fn user_parsers(options: &Options) -> (Option<&str>, Option<&str>) {
-    (
-        options.get_str(&["tool_parser"]).map(|(_, v)| v),
-        options.get_str(&["reasoning_parser"]).map(|(_, v)| v),
-    )
 }
 
 fn parser_error(e: crate::parsers::ParserError) -> EngineError {
@@ -101,19 +89,15 @@ fn template_error(e: TemplateError) -> EngineError {
 }
 
 impl ChatSetup {
-    /// Checks user-given parser names before any model is loaded, so a typo fails fast.
-    pub fn check_options(options: &Options) -> Result<(), EngineError> {
-        let (tool, reasoning) = user_parsers(options);
-        select_parsers("", tool, reasoning)
-            .map(|_| ())
-            .map_err(parser_error)
-    }
-
     /// The chat layer of a model just loaded from `file_name`. Parsers default by the model
     /// family of its own name, then of the file name; user options win. A template that does
     /// not compile is logged and reported on the requests that need it.
-    pub fn new(info: &ModelInfo, file_name: &str, options: &Options) -> Result<Self, EngineError> {
-        let (tool, reasoning) = user_parsers(options);
+    pub fn new(
+        info: &ModelInfo,
+        file_name: &str,
+        choice: &ParserChoice,
+    ) -> Result<Self, EngineError> {
+        let (tool, reasoning) = (choice.tool.as_deref(), choice.reasoning.as_deref());
         let family_name = info
             .name
             .as_deref()
@@ -151,7 +135,6 @@ impl ChatSetup {
                     add_bos: true,
                 },
                 parser: None,
-                tool_choice,
                 tool_call: None,
             });
         }
@@ -224,7 +207,6 @@ impl ChatSetup {
                 add_bos: false,
             },
             parser: Some(ChatParser::new(tool, reasoning, options)),
-            tool_choice,
             tool_call,
         })
     }
@@ -327,8 +309,15 @@ mod tests {
             context_length: 512,
             chat_template: template.map(|t| TemplateSource::Single(t.into())),
             special_tokens: SpecialTokens::default(),
+            vocab_size: 100,
         };
-        ChatSetup::new(&info, "model.gguf", &Options::parse(options)).unwrap()
+        let request = crate::load::LoadRequest::from_proto(&crate::pb::ModelOptions {
+            model_file: "model.gguf".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        ChatSetup::new(&info, "model.gguf", &request.parsers).unwrap()
     }
 
     fn chat_request(tools: &str, tool_choice: &str) -> PredictOptions {
@@ -472,12 +461,5 @@ mod tests {
             PromptRequest::from_json("[1]"),
             Err(EngineError::InvalidArgument(_))
         ));
-    }
-
-    #[test]
-    fn unknown_parser_names_fail_before_loading() {
-        let e = ChatSetup::check_options(&Options::parse(&["tool_parser:nope"])).unwrap_err();
-        assert!(e.to_string().contains("hermes"), "{e}");
-        assert!(ChatSetup::check_options(&Options::parse(&["tool_parser:hermes"])).is_ok());
     }
 }

@@ -6,10 +6,37 @@ use std::path::PathBuf;
 
 use crate::chat::{ChatSetup, PromptRequest};
 use crate::engine::{EngineError, ModelInfo};
-use crate::options::Options;
+use crate::load::LoadRequest;
+use crate::pb::ModelOptions;
 
 /// The default listening address, LocalAI's.
 pub const DEFAULT_ADDR: &str = "localhost:50051";
+
+/// A worker's command line: serving (the default, as LocalAI starts it) or one of the
+/// worker's own subcommands `C`.
+#[derive(Debug, clap::Parser)]
+pub struct WorkerCli<C: clap::Subcommand> {
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<C>,
+    /// The server's arguments.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl<C: clap::Subcommand> WorkerCli<C> {
+    /// Parses the process's arguments for the worker binary `name` (`about` is its one-line
+    /// description in `--help`); exits with clap's message on a bad command line.
+    pub fn parse_for(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command()
+            .name(name)
+            .about(about)
+            .version(env!("CARGO_PKG_VERSION"))
+            .get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
 
 /// Arguments of the gRPC server.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,7 +74,12 @@ impl RenderArgs {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let setup = ChatSetup::new(info, &file_name, &Options::parse(&self.options))?;
+        let load = LoadRequest::from_proto(&ModelOptions {
+            model_file: self.model.to_string_lossy().into_owned(),
+            options: self.options.clone(),
+            ..Default::default()
+        })?;
+        let setup = ChatSetup::new(info, &file_name, &load.parsers)?;
         Ok(setup.prepare(&req)?.prompt.text)
     }
 }

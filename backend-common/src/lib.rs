@@ -1,7 +1,8 @@
 //! Everything two LocalAI backend workers share.
 //!
-//! A backend implements [`engine::Engine`] (load, tokenize, generate: the engine-specific
-//! part) and calls [`server::run`]; this crate provides the gRPC service (`backend.Backend`,
+//! A backend implements [`engine::Engine`] (plan and load a model) and
+//! [`engine::LoadedModel`] (tokenize, generate, embed: the engine-specific part) and calls
+//! [`server::run`]; this crate provides the gRPC service (`backend.Backend`,
 //! wire-compatible with LocalAI), its command line, bearer auth, limits, graceful shutdown,
 //! reflection, `key:value` options, sampling parameters, stop sequences and the assembly of
 //! replies from generated tokens.
@@ -9,6 +10,8 @@
 pub mod chat;
 pub mod cli;
 pub mod engine;
+pub mod gbnf;
+pub mod load;
 pub mod logprobs;
 pub mod model_path;
 pub mod options;

@@ -2,7 +2,7 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::{Arc, mpsc};
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -12,21 +12,21 @@ use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
     EmbedInput, Engine, EngineError, FinishReason, Flow, GenerationRequest, GenerationStats,
-    LoadRequest, MemoryReport, ModelInfo, TokenSink,
+    LoadedModel, MemoryReport, ModelInfo, TokenSink,
 };
-
+use backend_common::load::{CacheType, FlashAttention, LoadRequest};
 use backend_common::template::{SpecialTokens, TemplateSource};
 
 use crate::sampler;
 use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler};
-use crate::settings::{CacheType, FlashAttention, LoadSettings};
+use crate::settings::{self, LoadSettings};
 
 /// A loaded model and the decode loop serving it.
-struct Loaded {
+pub struct LlamaLoaded {
     // Field order matters: the scheduler's thread must end before the model is released.
     scheduler: Scheduler,
     model: Arc<LlamaModel>,
-    settings: LoadSettings,
+    embeddings: bool,
     context_per_slot: u32,
     eog: Vec<LlamaToken>,
     memory: MemoryReport,
@@ -35,7 +35,6 @@ struct Loaded {
 /// The llama.cpp engine.
 pub struct LlamaEngine {
     backend: Arc<LlamaBackend>,
-    loaded: RwLock<Option<Arc<Loaded>>>,
 }
 
 impl LlamaEngine {
@@ -46,26 +45,14 @@ impl LlamaEngine {
             .map_err(|e| EngineError::Internal(format!("cannot initialise llama.cpp: {e}")))?;
         Ok(LlamaEngine {
             backend: Arc::new(backend),
-            loaded: RwLock::new(None),
         })
     }
+}
 
-    fn current(&self) -> Result<Arc<Loaded>, EngineError> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(EngineError::NotLoaded)
-    }
-
-    fn replace(&self, next: Option<Arc<Loaded>>) {
-        let previous = std::mem::replace(
-            &mut *self.loaded.write().unwrap_or_else(|e| e.into_inner()),
-            next,
-        );
-        // Dropped outside the lock: joining the decode thread may take a step.
-        drop(previous);
-    }
+/// A load request checked before the loaded model is released.
+pub struct LlamaPlan {
+    request: LoadRequest,
+    settings: LoadSettings,
 }
 
 fn kv_type(t: CacheType) -> KvCacheType {
@@ -85,9 +72,9 @@ fn kv_type(t: CacheType) -> KvCacheType {
 /// Parameters of the generation context. Embeddings stay off there even for models loaded
 /// with `Embeddings`: they would make every token an output and slow generation down; the
 /// Embedding call has a context of its own ([`embedding_params`]).
-fn context_params(s: &LoadSettings, context_per_slot: u32) -> LlamaContextParams {
+fn context_params(r: &LoadRequest, s: &LoadSettings, context_per_slot: u32) -> LlamaContextParams {
     let total = context_per_slot.saturating_mul(s.parallel);
-    common_params(s)
+    common_params(r)
         .with_n_ctx(NonZeroU32::new(total))
         .with_n_batch(s.n_batch)
         .with_n_ubatch(s.n_batch)
@@ -99,10 +86,10 @@ fn context_params(s: &LoadSettings, context_per_slot: u32) -> LlamaContextParams
 /// since pooling covers one micro-batch.
 fn embedding_params(
     model: &LlamaModel,
-    s: &LoadSettings,
+    r: &LoadRequest,
     context_per_slot: u32,
 ) -> LlamaContextParams {
-    common_params(s)
+    common_params(r)
         .with_n_ctx(NonZeroU32::new(context_per_slot))
         .with_n_batch(context_per_slot)
         .with_n_ubatch(context_per_slot)
@@ -126,10 +113,11 @@ fn embedding_pooling(model: &LlamaModel) -> LlamaPoolingType {
 }
 
 /// What both contexts share: threads, attention, KV types and RoPE overrides.
-fn common_params(s: &LoadSettings) -> LlamaContextParams {
+fn common_params(s: &LoadRequest) -> LlamaContextParams {
+    let threads = i32::try_from(s.threads).unwrap_or(i32::MAX);
     let mut p = LlamaContextParams::default()
-        .with_n_threads(s.threads)
-        .with_n_threads_batch(s.threads)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
         .with_flash_attention_policy(match s.flash_attention {
             FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
             FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -151,52 +139,60 @@ fn common_params(s: &LoadSettings) -> LlamaContextParams {
 }
 
 /// Bytes of KV cache for `tokens` positions of `model`.
-fn kv_cache_bytes(model: &LlamaModel, s: &LoadSettings, tokens: u32) -> u64 {
+fn kv_cache_bytes(model: &LlamaModel, s: &LoadRequest, tokens: u32) -> u64 {
     let head_dim = model.n_embd() as f64 / model.n_head().max(1) as f64;
     let per_token_elems = model.n_layer() as f64 * model.n_head_kv() as f64 * head_dim;
-    let k = s.cache_type_k.unwrap_or(CacheType::F16).bytes_per_element();
-    let v = s.cache_type_v.unwrap_or(CacheType::F16).bytes_per_element();
+    let k = settings::bytes_per_element(s.cache_type_k.unwrap_or(CacheType::F16));
+    let v = settings::bytes_per_element(s.cache_type_v.unwrap_or(CacheType::F16));
     (tokens as f64 * per_token_elems * (k + v)) as u64
 }
 
 impl Engine for LlamaEngine {
-    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
+    type Model = LlamaLoaded;
+    type Plan = LlamaPlan;
+    const OPTIONS: &'static [&'static str] = settings::OPTIONS;
+
+    fn plan(&self, request: &LoadRequest) -> Result<LlamaPlan, EngineError> {
         let settings = LoadSettings::from_request(request)?;
-        for note in &settings.ignored {
-            tracing::warn!("{note}");
-        }
-        backend_common::model_path::check_gguf_file(&settings.path)?;
-        if let Some((lora, _)) = &settings.lora
-            && !lora.is_file()
+        backend_common::model_path::check_gguf_file(&request.path)?;
+        if let Some(lora) = &request.lora
+            && !lora.path.is_file()
         {
-            return Err(EngineError::ModelNotFound(lora.clone()));
+            return Err(EngineError::ModelNotFound(lora.path.clone()));
         }
-        // The old model goes first so two never share memory; the checks above keep a bad
-        // request from costing the loaded model.
-        self.replace(None);
+        Ok(LlamaPlan {
+            request: request.clone(),
+            settings,
+        })
+    }
+
+    fn load(&self, plan: LlamaPlan) -> Result<(LlamaLoaded, ModelInfo), EngineError> {
+        let LlamaPlan { request, settings } = plan;
         let params = LlamaModelParams::default()
-            .with_n_gpu_layers(settings.gpu_layers)
-            .with_use_mmap(settings.mmap)
-            .with_use_mlock(settings.mlock);
-        let mut model = LlamaModel::load_from_file(&self.backend, &settings.path, &params)
-            .map_err(|e| EngineError::InvalidModel {
-                path: settings.path.clone(),
-                reason: format!("llama.cpp could not load it ({e})"),
+            .with_n_gpu_layers(request.gpu_layers)
+            .with_use_mmap(request.mmap)
+            .with_use_mlock(request.mlock);
+        let mut model =
+            LlamaModel::load_from_file(&self.backend, &request.path, &params).map_err(|e| {
+                EngineError::InvalidModel {
+                    path: request.path.clone(),
+                    reason: format!("llama.cpp could not load it ({e})"),
+                }
             })?;
-        let lora = match &settings.lora {
-            Some((path, scale)) => Some((
+        let lora = match &request.lora {
+            Some(adapter) => Some((
                 model
-                    .lora_adapter_init(path)
+                    .lora_adapter_init(&adapter.path)
                     .map_err(|e| EngineError::InvalidModel {
-                        path: path.clone(),
+                        path: adapter.path.clone(),
                         reason: format!("not a LoRA adapter for this model ({e})"),
                     })?,
-                *scale,
+                adapter.scale,
             )),
             None => None,
         };
         let model = Arc::new(model);
-        let context_per_slot = settings.effective_context(model.n_ctx_train());
+        let context_per_slot = settings::effective_context(&request, model.n_ctx_train());
         // M-RoPE positions (vision models) cannot be moved in llama.cpp's KV cache.
         let shiftable = !matches!(
             model.rope_type(),
@@ -218,10 +214,10 @@ impl Engine for LlamaEngine {
         let scheduler = Scheduler::start(
             Arc::clone(&self.backend),
             Arc::clone(&model),
-            context_params(&settings, context_per_slot),
-            settings
+            context_params(&request, &settings, context_per_slot),
+            request
                 .embeddings
-                .then(|| embedding_params(&model, &settings, context_per_slot)),
+                .then(|| embedding_params(&model, &request, context_per_slot)),
             config,
             lora,
         )?;
@@ -232,43 +228,32 @@ impl Engine for LlamaEngine {
                 ("weights".to_string(), model.size()),
                 (
                     "kv_cache".to_string(),
-                    kv_cache_bytes(&model, &settings, context_per_slot * settings.parallel),
+                    kv_cache_bytes(&model, &request, context_per_slot * settings.parallel),
                 ),
             ],
         };
-        if settings.embeddings {
+        if request.embeddings {
             memory.parts.push((
                 "embedding_kv_cache".to_string(),
-                kv_cache_bytes(&model, &settings, context_per_slot),
+                kv_cache_bytes(&model, &request, context_per_slot),
             ));
         }
         let info = model_info(&model, context_per_slot);
-        self.replace(Some(Arc::new(Loaded {
+        let loaded = LlamaLoaded {
             scheduler,
             model,
-            settings,
+            embeddings: request.embeddings,
             context_per_slot,
             eog,
             memory,
-        })));
-        Ok(info)
+        };
+        Ok((loaded, info))
     }
+}
 
-    fn unload(&self) -> Result<(), EngineError> {
-        self.replace(None);
-        Ok(())
-    }
-
-    fn is_loaded(&self) -> bool {
-        self.loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
-
+impl LoadedModel for LlamaLoaded {
     fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError> {
-        let loaded = self.current()?;
-        Ok(tokenize(&loaded.model, text, add_bos)
+        Ok(tokenize(&self.model, text, add_bos)
             .into_iter()
             .map(|t| t.0)
             .collect())
@@ -279,32 +264,16 @@ impl Engine for LlamaEngine {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError> {
-        let loaded = self.current()?;
-        let prompt = tokenize(&loaded.model, &request.prompt.text, request.prompt.add_bos);
-        if prompt.is_empty() {
-            return Err(EngineError::InvalidArgument(
-                "the prompt tokenizes to nothing; send some text".into(),
-            ));
-        }
-        if prompt.len() >= loaded.context_per_slot as usize {
-            return Err(EngineError::InvalidArgument(format!(
-                "the prompt has {} tokens but the context holds {} per request; shorten it or load with a larger ContextSize",
-                prompt.len(),
-                loaded.context_per_slot
-            )));
-        }
-        let sampler = sampler::build(&loaded.model, request, &loaded.eog, &loaded.settings)?;
+        let sampler = sampler::build(&self.model, request, &self.eog)?;
         let (events, received) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        loaded.scheduler.submit(Job {
-            prompt,
+        self.scheduler.submit(Job {
+            prompt: request.prompt.iter().map(|&id| LlamaToken(id)).collect(),
             request: request.clone(),
             sampler,
             events,
             cancel: Arc::clone(&cancel),
         })?;
-        // The loaded model must outlive the job even if it is replaced meanwhile.
-        drop(loaded);
         let mut stopped = false;
         for event in received {
             match event {
@@ -331,8 +300,7 @@ impl Engine for LlamaEngine {
     }
 
     fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
-        let loaded = self.current()?;
-        if !loaded.settings.embeddings {
+        if !self.embeddings {
             return Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into()));
         }
         let tokens = match input {
@@ -342,9 +310,9 @@ impl Engine for LlamaEngine {
                         .into(),
                 ));
             }
-            EmbedInput::Text(text) => tokenize(&loaded.model, text, true),
+            EmbedInput::Text(text) => tokenize(&self.model, text, true),
             EmbedInput::Tokens(ids) => {
-                let n_vocab = loaded.model.n_vocab();
+                let n_vocab = self.model.n_vocab();
                 if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= n_vocab) {
                     return Err(EngineError::InvalidArgument(format!(
                         "EmbeddingTokens: token id {bad} is outside the vocabulary (0..{n_vocab})"
@@ -353,24 +321,22 @@ impl Engine for LlamaEngine {
                 ids.iter().map(|&id| LlamaToken(id)).collect()
             }
         };
-        if tokens.len() > loaded.context_per_slot as usize {
+        if tokens.len() > self.context_per_slot as usize {
             return Err(EngineError::InvalidArgument(format!(
                 "the input has {} tokens but an embedding takes at most {}; shorten it or load with a larger ContextSize",
                 tokens.len(),
-                loaded.context_per_slot
+                self.context_per_slot
             )));
         }
         let (reply, result) = mpsc::channel();
-        loaded.scheduler.embed(EmbedJob { tokens, reply })?;
-        // The loaded model must outlive the job even if it is replaced meanwhile.
-        drop(loaded);
+        self.scheduler.embed(EmbedJob { tokens, reply })?;
         result.recv().map_err(|_| {
             EngineError::Internal("the decode loop ended before the embedding was done".into())
         })?
     }
 
     fn memory(&self) -> MemoryReport {
-        self.current().map(|l| l.memory.clone()).unwrap_or_default()
+        self.memory.clone()
     }
 }
 
@@ -385,6 +351,7 @@ pub fn model_info(model: &LlamaModel, context_length: u32) -> ModelInfo {
             .and_then(|t| t.to_string().ok())
             .map(TemplateSource::Single),
         special_tokens: special_tokens(model),
+        vocab_size: u32::try_from(model.n_vocab()).unwrap_or(0),
     }
 }
 

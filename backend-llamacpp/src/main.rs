@@ -5,25 +5,15 @@
 //! request would produce, without loading weights.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
-use backend_common::cli::{RenderArgs, ServeArgs};
+use backend_common::cli::{RenderArgs, WorkerCli};
 use backend_common::engine::EngineError;
 
 mod engine;
 mod sampler;
 mod scheduler;
 mod settings;
-
-/// A LocalAI gRPC backend worker on llama.cpp.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
 
 #[derive(Subcommand)]
 enum Command {
@@ -37,7 +27,10 @@ fn render(args: &RenderArgs) -> Result<String, EngineError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = WorkerCli::<Command>::parse_for(
+        env!("CARGO_BIN_NAME"),
+        "A LocalAI gRPC backend worker on llama.cpp.",
+    );
     match cli.command {
         Some(Command::Render(args)) => {
             backend_common::server::init_logging();

@@ -8,8 +8,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use backend_common::engine::{EngineError, GenerationRequest, ToolCallConstraint};
-
-use crate::settings::LoadSettings;
+use backend_common::gbnf;
 
 /// Root rule of a forced tool call's grammar; the JSON-schema converter names the call
 /// object's own rule `root`, which this one wraps in the parser's literal text.
@@ -22,29 +21,23 @@ const LAZY_CALL: &str = "tool-call";
 /// A bare call object opening the output (the capture is where the grammar starts).
 const BARE_CALL_AT_START: &str = r#"^\s*(\{\s*"name")"#;
 
-/// Builds the sampler for one request. `eog` lists the end-of-generation tokens (banned
-/// when the request ignores EOS); the load settings give the default seed and the
-/// `GrammarTriggers` that make a request's `Grammar` lazy.
+/// Builds the sampler for one request (validated by backend-common: logit biases name
+/// tokens of the vocabulary). `eog` lists the end-of-generation tokens, banned when the
+/// request ignores EOS.
 pub fn build(
     model: &LlamaModel,
     request: &GenerationRequest,
     eog: &[LlamaToken],
-    settings: &LoadSettings,
 ) -> Result<LlamaSampler, EngineError> {
-    let default_seed = settings.seed;
     let p = &request.sampling;
     let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
 
-    let mut biases: Vec<LlamaLogitBias> = Vec::new();
-    for &(id, bias) in &p.logit_bias {
-        if id < 0 || id >= n_vocab {
-            return Err(EngineError::InvalidArgument(format!(
-                "LogitBias: token id {id} is outside the vocabulary (0..{n_vocab})"
-            )));
-        }
-        biases.push(LlamaLogitBias::new(LlamaToken(id), bias));
-    }
+    let mut biases: Vec<LlamaLogitBias> = p
+        .logit_bias
+        .iter()
+        .map(|&(id, bias)| LlamaLogitBias::new(LlamaToken(id), bias))
+        .collect();
     if request.ignore_eos {
         biases.extend(
             eog.iter()
@@ -55,7 +48,7 @@ pub fn build(
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
     if let Some(grammar) = &request.grammar {
-        let triggers = &settings.grammar_triggers;
+        let triggers = &request.grammar_triggers;
         let sampler = if triggers.is_empty() {
             LlamaSampler::grammar(model, grammar, "root")
         } else {
@@ -125,10 +118,7 @@ pub fn build(
             chain.push(LlamaSampler::min_p(p.min_p, 1));
         }
         chain.push(LlamaSampler::temp(p.temperature));
-        let seed = p
-            .seed
-            .or(default_seed)
-            .unwrap_or_else(backend_common::sampling::random_seed);
+        let seed = p.seed.unwrap_or_else(backend_common::sampling::random_seed);
         chain.push(LlamaSampler::dist(seed));
     }
     Ok(LlamaSampler::chain_simple(chain))
@@ -144,9 +134,9 @@ fn tool_call_grammar(call: &ToolCallConstraint) -> Result<String, EngineError> {
     })?;
     let mut rule = format!("{FORCED_CALL_ROOT} ::=");
     for part in [
-        gbnf_literal(&call.prefix),
+        gbnf::literal(&call.prefix),
         Some("root".to_string()),
-        gbnf_literal(&call.suffix),
+        gbnf::literal(&call.suffix),
     ]
     .into_iter()
     .flatten()
@@ -169,38 +159,9 @@ fn regex_escape(text: &str) -> String {
     out
 }
 
-/// `text` as a GBNF string literal; `None` for empty text (GBNF has no empty literal).
-fn gbnf_literal(text: &str) -> Option<String> {
-    if text.is_empty() {
-        return None;
-    }
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literals_are_escaped() {
-        assert_eq!(gbnf_literal(""), None);
-        assert_eq!(
-            gbnf_literal("<tool_call>\n\"a\\b\"").as_deref(),
-            Some(r#""<tool_call>\n\"a\\b\"""#)
-        );
-    }
 
     #[test]
     fn trigger_literals_are_escaped() {

@@ -4,32 +4,32 @@
 //! concurrent requests through [`Model::forward`]'s batches is the scheduler's job, a later
 //! step that needs no change to the model code.
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 
 use backend_common::engine::{
     Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
-    LoadRequest, MemoryReport, ModelInfo, TokenSink,
+    LoadedModel, MemoryReport, ModelInfo, TokenSink,
 };
+use backend_common::load::{self, LoadRequest};
 use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
 use crate::gguf::GgufFile;
 use crate::hf::{self, HfFolder};
 use crate::model::{BatchItem, CPU_COMPUTE_DTYPE, Model, ModelConfig, ModelError, SeqCache};
 use crate::sampler::{Sampler, token_logprob};
-use crate::settings::{DTypeChoice, LoadSettings};
+use crate::settings::{self, LoadSettings};
 use crate::tokenizer::ModelTokenizer;
 
 /// Prompt tokens run in one forward; bounds the attention scores' memory on long prompts.
 const PREFILL_CHUNK: usize = 512;
 
 /// A loaded model and what serving it needs.
-struct Loaded {
+pub struct CandleModel {
     model: Model,
     tokenizer: ModelTokenizer,
-    settings: LoadSettings,
     memory: MemoryReport,
     decode: Mutex<()>,
 }
@@ -37,7 +37,6 @@ struct Loaded {
 /// The candle engine.
 pub struct CandleEngine {
     device: Device,
-    loaded: RwLock<Option<Arc<Loaded>>>,
 }
 
 impl Default for CandleEngine {
@@ -47,30 +46,21 @@ impl Default for CandleEngine {
 }
 
 impl CandleEngine {
-    /// An engine on the CPU with no model loaded.
+    /// An engine on the CPU.
     pub fn new() -> Self {
         CandleEngine {
             device: Device::Cpu,
-            loaded: RwLock::new(None),
         }
     }
+}
 
-    fn current(&self) -> Result<Arc<Loaded>, EngineError> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(EngineError::NotLoaded)
-    }
-
-    fn replace(&self, next: Option<Arc<Loaded>>) {
-        let previous = std::mem::replace(
-            &mut *self.loaded.write().unwrap_or_else(|e| e.into_inner()),
-            next,
-        );
-        // Freed outside the lock: dropping a model's weights takes a moment.
-        drop(previous);
-    }
+/// A load checked against the memory budget, its model open and its weights not read yet.
+pub struct CandlePlan {
+    path: PathBuf,
+    reader: Reader,
+    prepared: Prepared,
+    max_len: usize,
+    kv_bytes: u64,
 }
 
 fn internal(e: ModelError) -> EngineError {
@@ -140,7 +130,7 @@ fn invalid_model(path: &Path) -> impl Fn(String) -> EngineError + '_ {
 }
 
 /// Opens the model and reads everything but its weights.
-fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), EngineError> {
+fn prepare(source: &Source, dtype: load::DType) -> Result<(Reader, Prepared), EngineError> {
     match source {
         Source::Gguf(path) => {
             let invalid = invalid_model(path);
@@ -148,7 +138,7 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
             let header = file.header().map_err(|e| invalid(e.to_string()))?;
             let tokenizer =
                 ModelTokenizer::new(&header.vocab).map_err(|e| invalid(e.to_string()))?;
-            if !matches!(dtype, DTypeChoice::Auto | DTypeChoice::F32) {
+            if !matches!(dtype, load::DType::Auto | load::DType::F32) {
                 tracing::warn!(
                     ?dtype,
                     "GGUF weights run quantized with f32 activations; dtype ignored"
@@ -173,7 +163,7 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
             let invalid = invalid_model(dir);
             let folder = HfFolder::open(dir).map_err(|e| invalid(e.to_string()))?;
             let saved = folder.saved_dtype().map_err(|e| invalid(e.to_string()))?;
-            let weight_dtype = dtype.resolve(saved);
+            let weight_dtype = settings::resolve_dtype(dtype, saved);
             let tokenizer = ModelTokenizer::from_hf_dir(dir, &hf::generation_eos_ids(&folder))
                 .map_err(|e| invalid(e.to_string()))?;
             let template = HfTemplateConfig::from_dir(dir).map_err(|e| invalid(e.to_string()))?;
@@ -199,23 +189,35 @@ fn prepare(source: &Source, dtype: DTypeChoice) -> Result<(Reader, Prepared), En
 /// hub id), reading its metadata and tokenizer but not its weights.
 pub fn describe(path: &Path) -> Result<ModelInfo, EngineError> {
     let source = Source::locate(path, &path.to_string_lossy())?;
-    let (_, prepared) = prepare(&source, DTypeChoice::Auto)?;
-    Ok(ModelInfo {
-        name: prepared.name,
-        context_length: u32::try_from(prepared.config.context_length).unwrap_or(u32::MAX),
-        chat_template: prepared.chat_template,
-        special_tokens: prepared.special_tokens,
-    })
+    let (_, prepared) = prepare(&source, load::DType::Auto)?;
+    let context_length = prepared.config.context_length;
+    Ok(prepared.info(context_length))
+}
+
+impl Prepared {
+    /// What LoadModel reports for this model served with `max_len` positions.
+    fn info(&self, max_len: usize) -> ModelInfo {
+        ModelInfo {
+            name: self.name.clone(),
+            context_length: u32::try_from(max_len).unwrap_or(u32::MAX),
+            chat_template: self.chat_template.clone(),
+            special_tokens: self.special_tokens.clone(),
+            vocab_size: u32::try_from(self.config.vocab).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 impl Engine for CandleEngine {
-    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
-        let started = Instant::now();
+    type Model = CandleModel;
+    type Plan = CandlePlan;
+    const OPTIONS: &'static [&'static str] = settings::OPTIONS;
+
+    fn plan(&self, request: &LoadRequest) -> Result<CandlePlan, EngineError> {
         let settings = LoadSettings::from_request(request)?;
         let path = settings.path.clone();
-        let source = Source::locate(&path, &request.options.model)?;
+        let source = Source::locate(&path, &request.model)?;
         let (reader, prepared) = prepare(&source, settings.dtype)?;
-        let config = prepared.config.clone();
+        let config = &prepared.config;
         let max_len = settings.effective_max_len(config.context_length)?;
         let kv_bytes = max_len as u64 * config.kv_bytes_per_token(CPU_COMPUTE_DTYPE);
         if let Some(total) = machine_memory() {
@@ -231,9 +233,25 @@ impl Engine for CandleEngine {
                 )));
             }
         }
-        // The old model goes first so two never share memory; the checks above keep a bad
-        // request from costing the loaded model.
-        self.replace(None);
+        Ok(CandlePlan {
+            path,
+            reader,
+            prepared,
+            max_len,
+            kv_bytes,
+        })
+    }
+
+    fn load(&self, plan: CandlePlan) -> Result<(CandleModel, ModelInfo), EngineError> {
+        let started = Instant::now();
+        let CandlePlan {
+            path,
+            reader,
+            prepared,
+            max_len,
+            kv_bytes,
+        } = plan;
+        let config = prepared.config.clone();
         let weights = match reader {
             Reader::Gguf(mut file) => file
                 .weights(&config, &self.device)
@@ -249,12 +267,6 @@ impl Engine for CandleEngine {
                 ("kv_cache".to_string(), kv_bytes),
             ],
         };
-        let info = ModelInfo {
-            name: prepared.name,
-            context_length: u32::try_from(max_len).unwrap_or(u32::MAX),
-            chat_template: prepared.chat_template,
-            special_tokens: prepared.special_tokens,
-        };
         tracing::info!(
             arch = ?model.config().arch,
             layers = model.config().layers,
@@ -263,31 +275,20 @@ impl Engine for CandleEngine {
             ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        self.replace(Some(Arc::new(Loaded {
+        let info = prepared.info(max_len);
+        let loaded = CandleModel {
             model,
             tokenizer: prepared.tokenizer,
-            settings,
             memory,
             decode: Mutex::new(()),
-        })));
-        Ok(info)
+        };
+        Ok((loaded, info))
     }
+}
 
-    fn unload(&self) -> Result<(), EngineError> {
-        self.replace(None);
-        Ok(())
-    }
-
-    fn is_loaded(&self) -> bool {
-        self.loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
-
+impl LoadedModel for CandleModel {
     fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError> {
-        let loaded = self.current()?;
-        let ids = loaded
+        let ids = self
             .tokenizer
             .encode(text, add_bos)
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
@@ -307,27 +308,13 @@ impl Engine for CandleEngine {
                 "constrained decoding (Grammar, forced ToolChoice)",
             ));
         }
-        let loaded = self.current()?;
-        let tokenizer = &loaded.tokenizer;
-        let model = &loaded.model;
-        let prompt = tokenizer
-            .encode(&request.prompt.text, request.prompt.add_bos)
-            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
-        if prompt.is_empty() {
-            return Err(EngineError::InvalidArgument(
-                "the prompt tokenizes to nothing; send some text".into(),
-            ));
-        }
+        let tokenizer = &self.tokenizer;
+        let model = &self.model;
+        let prompt: Vec<u32> = request.prompt.iter().map(|&id| id as u32).collect();
         let max_len = model.max_positions();
-        if prompt.len() >= max_len {
-            return Err(EngineError::InvalidArgument(format!(
-                "the prompt has {} tokens but the context holds {max_len}; shorten it or load with a larger max_model_len",
-                prompt.len()
-            )));
-        }
         let vocab = model.config().vocab;
-        let mut sampler = Sampler::new(request, vocab, tokenizer.eog(), loaded.settings.seed)?;
-        let _turn = loaded.decode.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sampler = Sampler::new(request, vocab, tokenizer.eog());
+        let _turn = self.decode.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let mut cache = SeqCache::new();
         let mut logits = None;
@@ -389,6 +376,6 @@ impl Engine for CandleEngine {
     }
 
     fn memory(&self) -> MemoryReport {
-        self.current().map(|l| l.memory.clone()).unwrap_or_default()
+        self.memory.clone()
     }
 }

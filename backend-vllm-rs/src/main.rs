@@ -7,23 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 
-use backend_common::cli::{RenderArgs, ServeArgs};
+use backend_common::cli::{RenderArgs, WorkerCli};
 use backend_common::engine::EngineError;
 use backend_vllm_rs::engine::{self, CandleEngine};
 use backend_vllm_rs::export;
-
-/// A LocalAI gRPC backend worker on candle (vLLM's options; GGUF files and Hugging Face
-/// folders).
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
 
 /// Weight dtypes `export-hf` can write.
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,7 +41,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = WorkerCli::<Command>::parse_for(
+        env!("CARGO_BIN_NAME"),
+        "A LocalAI gRPC backend worker on candle (vLLM's options; GGUF files and Hugging Face folders).",
+    );
     let Some(command) = cli.command else {
         return backend_common::server::run(CandleEngine::new(), &cli.serve);
     };

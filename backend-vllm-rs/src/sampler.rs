@@ -3,7 +3,7 @@
 //! Keeping llama.cpp's order makes the two workers behave alike on the same request.
 use std::collections::{HashMap, VecDeque};
 
-use backend_common::engine::{EngineError, GenerationRequest, TokenLogprob};
+use backend_common::engine::{GenerationRequest, TokenLogprob};
 use backend_common::sampling::SamplingParams;
 
 /// A small deterministic generator (SplitMix64): the same seed draws the same tokens.
@@ -36,38 +36,33 @@ pub struct Sampler {
 
 impl Sampler {
     /// A sampler for `request` over `vocab` logits; `eog` tokens are banned when the request
-    /// ignores EOS; `default_seed` applies when the request sends none.
+    /// ignores EOS.
     pub fn new(
         request: &GenerationRequest,
         vocab: usize,
         eog: impl IntoIterator<Item = u32>,
-        default_seed: Option<u32>,
-    ) -> Result<Self, EngineError> {
-        let mut biases = Vec::new();
-        for &(id, bias) in &request.sampling.logit_bias {
-            let index = usize::try_from(id)
-                .ok()
-                .filter(|&i| i < vocab)
-                .ok_or_else(|| {
-                    EngineError::InvalidArgument(format!(
-                        "LogitBias: token id {id} is outside the vocabulary (0..{vocab})"
-                    ))
-                })?;
-            biases.push((index, bias));
-        }
+    ) -> Self {
+        // backend-common checked that every biased id is in the vocabulary.
+        let mut biases: Vec<(usize, f32)> = request
+            .sampling
+            .logit_bias
+            .iter()
+            .filter_map(|&(id, bias)| usize::try_from(id).ok().map(|i| (i, bias)))
+            .filter(|&(i, _)| i < vocab)
+            .collect();
         if request.ignore_eos {
             biases.extend(eog.into_iter().map(|t| (t as usize, f32::NEG_INFINITY)));
         }
-        let seed = request.sampling.seed.or(default_seed).map_or_else(
+        let seed = request.sampling.seed.map_or_else(
             || u64::from(backend_common::sampling::random_seed()),
             u64::from,
         );
-        Ok(Sampler {
+        Sampler {
             params: request.sampling.clone(),
             biases,
             recent: VecDeque::new(),
             rng: SplitMix64(seed),
-        })
+        }
     }
 
     /// Picks the next token from `logits` (reshaped in place by biases and penalties) and
@@ -235,25 +230,22 @@ pub fn token_logprob(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backend_common::engine::Prompt;
 
     fn request(sampling: SamplingParams) -> GenerationRequest {
         GenerationRequest {
-            prompt: Prompt {
-                text: "x".into(),
-                add_bos: true,
-            },
+            prompt: vec![1],
             sampling,
             max_tokens: None,
             ignore_eos: false,
             grammar: None,
+            grammar_triggers: Vec::new(),
             tool_call: None,
             logprobs: None,
         }
     }
 
     fn sampled(params: SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
-        let mut s = Sampler::new(&request(params), logits.len(), [], None).unwrap();
+        let mut s = Sampler::new(&request(params), logits.len(), []);
         (0..n).map(|_| s.sample(&mut logits.to_vec())).collect()
     }
 
@@ -322,14 +314,8 @@ mod tests {
         assert_eq!(sampled(p, &[0.0, 1.0, 2.0], 2), vec![2, 1]);
         let mut req = request(SamplingParams::greedy());
         req.ignore_eos = true;
-        let mut s = Sampler::new(&req, 3, [2], None).unwrap();
+        let mut s = Sampler::new(&req, 3, [2]);
         assert_eq!(s.sample(&mut [0.0, 1.0, 5.0]), 1);
-        let mut bad = SamplingParams::greedy();
-        bad.logit_bias = vec![(3, 1.0)];
-        assert!(matches!(
-            Sampler::new(&request(bad), 3, [], None),
-            Err(EngineError::InvalidArgument(_))
-        ));
     }
 
     #[test]

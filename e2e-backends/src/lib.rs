@@ -9,5 +9,6 @@ pub mod container;
 pub mod context;
 pub mod image;
 pub mod junit;
+pub mod model_swap;
 pub mod testing;
 pub mod worker;

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use backend_common::engine::{
     EmbedInput, Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest,
-    GenerationStats, LoadRequest, ModelInfo, TokenLogprob, TokenSink,
+    GenerationStats, LoadedModel, MemoryReport, ModelInfo, TokenLogprob, TokenSink,
 };
+use backend_common::load::LoadRequest;
 use backend_common::pb::backend_server::{Backend, BackendServer};
 use backend_common::pb::status_response::State;
 use backend_common::pb::{self, ChatDelta, Reply, ToolCallDelta};
@@ -113,24 +114,24 @@ const ANSWER: &str = " Paris. It is a city of art, food and history.";
 /// A scripted engine: one character per token, with outputs chosen from the request.
 struct ScriptEngine {
     fault: Option<Fault>,
-    loaded: Mutex<Option<Loaded>>,
+}
+
+/// The double's "model": what it replays, and its faults.
+struct ScriptModel {
+    fault: Option<Fault>,
+    replay: Option<String>,
+    context: u32,
     /// One generation at a time, like a single-slot engine.
     turn: Mutex<()>,
 }
 
-#[derive(Clone)]
-struct Loaded {
-    replay: Option<String>,
-    context: usize,
-}
-
-impl ScriptEngine {
+impl ScriptModel {
     fn is(&self, fault: Fault) -> bool {
         self.fault == Some(fault)
     }
 
     /// What to generate for `request`.
-    fn script(&self, request: &GenerationRequest, loaded: &Loaded) -> Result<String, EngineError> {
+    fn script(&self, request: &GenerationRequest) -> Result<String, EngineError> {
         if let Some(grammar) = &request.grammar {
             let first = first_literal(grammar)?;
             if !self.is(Fault::GrammarIgnored) {
@@ -146,7 +147,11 @@ impl ScriptEngine {
                 .to_string()
                 .repeat(request.max_tokens.unwrap_or(4) as usize));
         }
-        let prompt = &request.prompt.text;
+        let prompt: String = request
+            .prompt
+            .iter()
+            .filter_map(|&id| char::from_u32(id as u32))
+            .collect();
         if let Some(start) = prompt.find("<tools>") {
             let names = &prompt[start + "<tools>".len()..];
             let name = names.split([',', '<']).next().unwrap_or_default();
@@ -154,7 +159,7 @@ impl ScriptEngine {
                 "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"location\": \"Paris, France\"}}}}\n</tool_call>"
             ));
         }
-        Ok(loaded.replay.clone().unwrap_or_else(|| ANSWER.to_string()))
+        Ok(self.replay.clone().unwrap_or_else(|| ANSWER.to_string()))
     }
 }
 
@@ -180,38 +185,38 @@ fn first_literal(grammar: &str) -> Result<String, EngineError> {
 }
 
 impl Engine for ScriptEngine {
-    fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
+    type Model = ScriptModel;
+    type Plan = ScriptModel;
+    const OPTIONS: &'static [&'static str] = &["replay"];
+
+    fn plan(&self, request: &LoadRequest) -> Result<ScriptModel, EngineError> {
         if !request.path.is_file() {
             return Err(EngineError::ModelNotFound(request.path.clone()));
         }
-        let context = match request.options.context_size {
-            n if n > 0 => n as usize,
-            _ => 4096,
-        };
-        *self.loaded.lock().unwrap() = Some(Loaded {
+        Ok(ScriptModel {
+            fault: self.fault,
             replay: request
-                .extra
+                .options
                 .get_str(&["replay"])
                 .map(|(_, v)| v.to_string()),
-            context,
-        });
-        Ok(ModelInfo {
-            name: Some("Qwen3 fault double".into()),
-            context_length: context as u32,
-            chat_template: Some(TemplateSource::Single(TEMPLATE.into())),
-            special_tokens: Default::default(),
+            context: request.context_size.unwrap_or(4096),
+            turn: Mutex::new(()),
         })
     }
 
-    fn unload(&self) -> Result<(), EngineError> {
-        *self.loaded.lock().unwrap() = None;
-        Ok(())
+    fn load(&self, model: ScriptModel) -> Result<(ScriptModel, ModelInfo), EngineError> {
+        let info = ModelInfo {
+            name: Some("Qwen3 fault double".into()),
+            context_length: model.context,
+            chat_template: Some(TemplateSource::Single(TEMPLATE.into())),
+            special_tokens: Default::default(),
+            vocab_size: char::MAX as u32 + 1,
+        };
+        Ok((model, info))
     }
+}
 
-    fn is_loaded(&self) -> bool {
-        self.loaded.lock().unwrap().is_some()
-    }
-
+impl LoadedModel for ScriptModel {
     fn tokenize(&self, text: &str, _add_bos: bool) -> Result<Vec<i32>, EngineError> {
         Ok(text.chars().map(|c| c as i32).collect())
     }
@@ -222,20 +227,8 @@ impl Engine for ScriptEngine {
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError> {
         let _turn = self.turn.lock().unwrap();
-        let loaded = self
-            .loaded
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or(EngineError::NotLoaded)?;
-        let prompt_tokens = request.prompt.text.chars().count();
-        if prompt_tokens >= loaded.context {
-            return Err(EngineError::InvalidArgument(format!(
-                "the prompt has {prompt_tokens} tokens; the context holds {}",
-                loaded.context
-            )));
-        }
-        let text = self.script(request, &loaded)?;
+        let prompt_tokens = request.prompt.len();
+        let text = self.script(request)?;
         let limit = request.max_tokens.map_or(usize::MAX, |m| m as usize);
         let chars: Vec<char> = if request.ignore_eos {
             text.chars().cycle().take(limit.min(4096)).collect()
@@ -294,6 +287,10 @@ impl Engine for ScriptEngine {
             v[i % 8] += (c as u32 % 97) as f32 / 97.0;
         }
         Ok(v)
+    }
+
+    fn memory(&self) -> MemoryReport {
+        MemoryReport::default()
     }
 }
 
@@ -599,11 +596,7 @@ fn serve_double() -> anyhow::Result<()> {
         let addr = &args.serve.addr;
         let listener = tokio::net::TcpListener::bind((addr.host.as_str(), addr.port)).await?;
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let engine = ScriptEngine {
-            fault,
-            loaded: Mutex::new(None),
-            turn: Mutex::new(()),
-        };
+        let engine = ScriptEngine { fault };
         let service = FaultService {
             inner: Arc::new(BackendService::new(Arc::new(engine), shutdown)),
             fault,

@@ -1,0 +1,491 @@
+//! LoadModel's request, read once for every engine: where the model is, LocalAI's typed
+//! `ModelOptions` fields validated with LocalAI's defaults, and the `key:value` options.
+//!
+//! Engines read [`LoadRequest`] and never the raw protobuf, so a field means the same in
+//! every worker and a bad value gets the same INVALID_ARGUMENT from each. What only one
+//! engine understands (llama.cpp's `parallel`, say) stays a `key:value` option that the
+//! engine reads itself and lists in [`Engine::OPTIONS`](crate::engine::Engine::OPTIONS).
+use std::path::PathBuf;
+
+use crate::engine::EngineError;
+use crate::model_path;
+use crate::options::Options;
+use crate::pb::ModelOptions;
+
+/// Option keys read here, whatever the engine.
+pub const COMMON_OPTIONS: &[&str] = &[
+    "tool_parser",
+    "reasoning_parser",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "dtype",
+    "enforce_eager",
+    "use_jinja",
+    "jinja",
+];
+
+/// KV cache element types accepted in `CacheTypeKey` / `CacheTypeValue` (llama.cpp's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (llama.cpp's default).
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit quantised.
+    Q8_0,
+    /// 4-bit quantised.
+    Q4_0,
+    /// 4-bit quantised with offsets.
+    Q4_1,
+    /// 5-bit quantised.
+    Q5_0,
+    /// 5-bit quantised with offsets.
+    Q5_1,
+    /// 4-bit non-linear.
+    Iq4Nl,
+}
+
+impl CacheType {
+    fn parse(field: &str, raw: &str) -> Result<Option<Self>, EngineError> {
+        Ok(Some(match raw.trim().to_ascii_lowercase().as_str() {
+            "" => return Ok(None),
+            "f32" => CacheType::F32,
+            "f16" => CacheType::F16,
+            "bf16" => CacheType::Bf16,
+            "q8_0" => CacheType::Q8_0,
+            "q4_0" => CacheType::Q4_0,
+            "q4_1" => CacheType::Q4_1,
+            "q5_0" => CacheType::Q5_0,
+            "q5_1" => CacheType::Q5_1,
+            "iq4_nl" => CacheType::Iq4Nl,
+            other => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "{field}: `{other}` is not a KV cache type; use one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl"
+                )));
+            }
+        }))
+    }
+}
+
+/// Flash attention policy (`FlashAttention`: on/off/auto, or true/false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashAttention {
+    /// Let the engine decide.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl FlashAttention {
+    fn parse(raw: &str) -> Result<Self, EngineError> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(FlashAttention::Auto),
+            "on" | "true" | "1" | "enabled" => Ok(FlashAttention::On),
+            "off" | "false" | "0" | "disabled" => Ok(FlashAttention::Off),
+            other => Err(EngineError::InvalidArgument(format!(
+                "FlashAttention: `{other}` is not one of on, off, auto"
+            ))),
+        }
+    }
+}
+
+/// Compute type asked for (`DType` field or `dtype:` option, vLLM's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// The model's own type.
+    Auto,
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl DType {
+    fn parse(raw: &str) -> Result<Self, EngineError> {
+        Ok(match raw.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => DType::Auto,
+            "f32" | "float32" | "float" => DType::F32,
+            "f16" | "float16" | "half" => DType::F16,
+            "bf16" | "bfloat16" => DType::Bf16,
+            other => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "dtype: `{other}` is not one of auto, float32, float16, bfloat16"
+                )));
+            }
+        })
+    }
+}
+
+/// A LoRA adapter to apply on top of the weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraAdapter {
+    /// The adapter file (`LoraAdapter`, relative to `ModelPath` unless absolute).
+    pub path: PathBuf,
+    /// `LoraScale` (1 when 0).
+    pub scale: f32,
+}
+
+/// Parser names the options chose (`tool_parser:NAME`, `reasoning_parser:NAME`); checked
+/// against the registry before any model is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParserChoice {
+    /// The tool-call parser, when given.
+    pub tool: Option<String>,
+    /// The reasoning parser, when given.
+    pub reasoning: Option<String>,
+}
+
+/// A LoadModel request, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadRequest {
+    /// The model file or folder (`ModelFile`, or `Model` under `ModelPath`).
+    pub path: PathBuf,
+    /// `Model` as sent: a Hugging Face hub id for engines that look ids up in a local cache.
+    pub model: String,
+    /// `Options`, parsed; engine-specific keys are read by the engine.
+    pub options: Options,
+    /// Parsers the options chose.
+    pub parsers: ParserChoice,
+    /// Default seed of requests that send none (`Seed` > 0).
+    pub seed: Option<u32>,
+    /// CPU threads (`Threads`; 0 means one per core).
+    pub threads: u32,
+    /// Context length per sequence (`ContextSize`; `None` for the engine's default).
+    pub context_size: Option<u32>,
+    /// Logical batch size of prompt processing (`NBatch`; `None` for the engine's default).
+    pub n_batch: Option<u32>,
+    /// The model serves Embedding (`Embeddings`).
+    pub embeddings: bool,
+    /// Layers offloaded to a GPU (`NGPULayers`).
+    pub gpu_layers: u32,
+    /// Memory-map the weights (`MMap`).
+    pub mmap: bool,
+    /// Lock the weights in RAM (`MLock`).
+    pub mlock: bool,
+    /// `FlashAttention`.
+    pub flash_attention: FlashAttention,
+    /// `CacheTypeKey`.
+    pub cache_type_k: Option<CacheType>,
+    /// `CacheTypeValue`.
+    pub cache_type_v: Option<CacheType>,
+    /// `RopeFreqBase` when positive.
+    pub rope_freq_base: Option<f32>,
+    /// `RopeFreqScale` when positive.
+    pub rope_freq_scale: Option<f32>,
+    /// `LoraAdapter` and `LoraScale`.
+    pub lora: Option<LoraAdapter>,
+    /// `GrammarTriggers`: words that switch a request's `Grammar` on when the output first
+    /// contains one (llama.cpp's lazy grammar, as LocalAI's core sets them for tool calls).
+    pub grammar_triggers: Vec<String>,
+    /// Longest sequence served: option `max_model_len`, else `MaxModelLen`.
+    pub max_model_len: Option<u32>,
+    /// Share of memory weights and KV cache may take: option `gpu_memory_utilization`, else
+    /// `GPUMemoryUtilization`; in (0, 1].
+    pub memory_utilization: Option<f64>,
+    /// Option `dtype`, else `DType`.
+    pub dtype: DType,
+    /// `Quantization`, lower case; empty when not given.
+    pub quantization: String,
+    /// `TensorParallelSize` (0 and 1 both mean one device).
+    pub tensor_parallel_size: u32,
+    /// Options and fields that are valid but that no engine here acts on, each with the
+    /// reason; logged at load so an operator sees them.
+    pub ignored: Vec<String>,
+}
+
+fn non_negative(field: &str, v: i32) -> Result<u32, EngineError> {
+    u32::try_from(v).map_err(|_| {
+        EngineError::InvalidArgument(format!("{field}: {v} is negative; use 0 for the default"))
+    })
+}
+
+fn positive_or_none(v: f32) -> Option<f32> {
+    (v.is_finite() && v > 0.0).then_some(v)
+}
+
+fn nonzero(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
+}
+
+impl LoadRequest {
+    /// Reads and checks a LoadModel request; nothing is read from disk but the path's form.
+    pub fn from_proto(o: &ModelOptions) -> Result<Self, EngineError> {
+        let path = model_path::resolve(o)?;
+        let options = Options::parse(&o.options);
+        let parsers = ParserChoice {
+            tool: options
+                .get_str(&["tool_parser"])
+                .map(|(_, v)| v.to_string()),
+            reasoning: options
+                .get_str(&["reasoning_parser"])
+                .map(|(_, v)| v.to_string()),
+        };
+        crate::parsers::select_parsers("", parsers.tool.as_deref(), parsers.reasoning.as_deref())
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let threads = match o.threads {
+            n if n < 0 => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "Threads: {n} is negative; use 0 for one per CPU core"
+                )));
+            }
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n as u32,
+        };
+        let max_model_len = match options.get_int::<i64>(&["max_model_len"])? {
+            Some(n) => n,
+            None => i64::from(o.max_model_len),
+        };
+        let max_model_len = match u32::try_from(max_model_len) {
+            Ok(n) => nonzero(n),
+            Err(_) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "max_model_len: {max_model_len} must be positive (or 0 for the model's context length)"
+                )));
+            }
+        };
+        let memory_utilization = match options.get_float(&["gpu_memory_utilization"])? {
+            Some(f) => Some(f),
+            None if o.gpu_memory_utilization != 0.0 => Some(f64::from(o.gpu_memory_utilization)),
+            None => None,
+        };
+        if let Some(share) = memory_utilization
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "gpu_memory_utilization: {share} must be in (0, 1]"
+            )));
+        }
+        let dtype = match options.get_str(&["dtype"]) {
+            Some((_, v)) => DType::parse(v)?,
+            None => DType::parse(&o.d_type)?,
+        };
+        let lora = (!o.lora_adapter.is_empty()).then(|| {
+            let adapter = PathBuf::from(&o.lora_adapter);
+            LoraAdapter {
+                path: if adapter.is_absolute() || o.model_path.is_empty() {
+                    adapter
+                } else {
+                    PathBuf::from(&o.model_path).join(adapter)
+                },
+                scale: if o.lora_scale == 0.0 {
+                    1.0
+                } else {
+                    o.lora_scale
+                },
+            }
+        });
+        let mut ignored = Vec::new();
+        // Both workers always render the model's own Jinja template (backend-common's).
+        if options.get_bool(&["use_jinja", "jinja"])? == Some(false) {
+            ignored.push(
+                "option `jinja:false` is ignored: this worker always renders the model's own Jinja chat template and has no legacy template engine to fall back to".to_string(),
+            );
+        }
+        if options
+            .get_bool(&["enforce_eager"])?
+            .unwrap_or(o.enforce_eager)
+        {
+            ignored.push(
+                "`enforce_eager` is ignored: this build runs on the CPU, which is always eager (it has no CUDA graphs to turn off)".to_string(),
+            );
+        }
+        Ok(LoadRequest {
+            path,
+            model: o.model.clone(),
+            parsers,
+            seed: (o.seed > 0).then_some(o.seed as u32),
+            threads,
+            context_size: nonzero(non_negative("ContextSize", o.context_size)?),
+            n_batch: nonzero(non_negative("NBatch", o.n_batch)?),
+            embeddings: o.embeddings,
+            gpu_layers: non_negative("NGPULayers", o.ngpu_layers)?,
+            mmap: o.m_map,
+            mlock: o.m_lock,
+            flash_attention: FlashAttention::parse(&o.flash_attention)?,
+            cache_type_k: CacheType::parse("CacheTypeKey", &o.cache_type_key)?,
+            cache_type_v: CacheType::parse("CacheTypeValue", &o.cache_type_value)?,
+            rope_freq_base: positive_or_none(o.rope_freq_base),
+            rope_freq_scale: positive_or_none(o.rope_freq_scale),
+            lora,
+            grammar_triggers: o
+                .grammar_triggers
+                .iter()
+                .map(|t| t.word.clone())
+                .filter(|w| !w.is_empty())
+                .collect(),
+            max_model_len,
+            memory_utilization,
+            dtype,
+            quantization: o.quantization.trim().to_ascii_lowercase(),
+            tensor_parallel_size: non_negative("TensorParallelSize", o.tensor_parallel_size)?,
+            ignored,
+            options,
+        })
+    }
+
+    /// Logs every option key that neither this module nor the engine (`engine_options`)
+    /// reads, and every option that is valid but ignored.
+    pub fn log_unread(&self, engine_options: &[&str]) {
+        let known: Vec<&str> = COMMON_OPTIONS
+            .iter()
+            .chain(engine_options)
+            .copied()
+            .collect();
+        self.options.warn_unknown(&known);
+        for note in &self.ignored {
+            tracing::warn!("{note}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(o: ModelOptions) -> Result<LoadRequest, EngineError> {
+        LoadRequest::from_proto(&ModelOptions {
+            model_file: "/m/x.gguf".into(),
+            ..o
+        })
+    }
+
+    fn options(list: &[&str]) -> ModelOptions {
+        ModelOptions {
+            options: list.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let r = load(ModelOptions::default()).unwrap();
+        assert_eq!(r.path, PathBuf::from("/m/x.gguf"));
+        assert!(r.threads >= 1);
+        assert_eq!((r.context_size, r.n_batch, r.seed), (None, None, None));
+        assert_eq!((r.max_model_len, r.memory_utilization), (None, None));
+        assert_eq!(r.flash_attention, FlashAttention::Auto);
+        assert_eq!(r.dtype, DType::Auto);
+        assert!(r.lora.is_none() && r.ignored.is_empty());
+        assert_eq!(r.parsers, ParserChoice::default());
+    }
+
+    #[test]
+    fn fields_map() {
+        let r = load(ModelOptions {
+            context_size: 1024,
+            n_batch: 64,
+            threads: 2,
+            seed: 7,
+            flash_attention: "on".into(),
+            cache_type_key: "q8_0".into(),
+            lora_adapter: "a.gguf".into(),
+            model_path: "/models".into(),
+            grammar_triggers: vec![crate::pb::GrammarTrigger {
+                word: "<tool_call>".into(),
+            }],
+            ..options(&["tool_parser:hermes"])
+        })
+        .unwrap();
+        assert_eq!((r.context_size, r.n_batch), (Some(1024), Some(64)));
+        assert_eq!((r.threads, r.seed), (2, Some(7)));
+        assert_eq!(r.flash_attention, FlashAttention::On);
+        assert_eq!(r.cache_type_k, Some(CacheType::Q8_0));
+        assert_eq!(
+            r.lora,
+            Some(LoraAdapter {
+                path: PathBuf::from("/models/a.gguf"),
+                scale: 1.0
+            })
+        );
+        assert_eq!(r.grammar_triggers, vec!["<tool_call>"]);
+        assert_eq!(r.parsers.tool.as_deref(), Some("hermes"));
+    }
+
+    #[test]
+    fn options_win_over_fields() {
+        let r = load(ModelOptions {
+            max_model_len: 4096,
+            gpu_memory_utilization: 0.5,
+            d_type: "float16".into(),
+            ..options(&["max_model_len:2048", "dtype:bfloat16"])
+        })
+        .unwrap();
+        assert_eq!(r.max_model_len, Some(2048));
+        assert_eq!(r.dtype, DType::Bf16);
+        assert_eq!(r.memory_utilization, Some(0.5));
+        let fields = load(ModelOptions {
+            max_model_len: 4096,
+            d_type: "half".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (fields.max_model_len, fields.dtype),
+            (Some(4096), DType::F16)
+        );
+    }
+
+    #[test]
+    fn valid_but_ignored_options_are_reported() {
+        let r = load(options(&["jinja:false", "enforce_eager"])).unwrap();
+        assert_eq!(r.ignored.len(), 2, "{:?}", r.ignored);
+        for (note, option) in r.ignored.iter().zip(["jinja", "enforce_eager"]) {
+            assert!(note.contains(option) && note.contains("ignored"), "{note}");
+        }
+        assert!(
+            load(options(&["use_jinja:true"]))
+                .unwrap()
+                .ignored
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_values_are_invalid_argument() {
+        for o in [
+            ModelOptions {
+                context_size: -1,
+                ..Default::default()
+            },
+            ModelOptions {
+                threads: -2,
+                ..Default::default()
+            },
+            ModelOptions {
+                n_batch: -8,
+                ..Default::default()
+            },
+            ModelOptions {
+                flash_attention: "sometimes".into(),
+                ..Default::default()
+            },
+            ModelOptions {
+                cache_type_value: "q3".into(),
+                ..Default::default()
+            },
+            ModelOptions {
+                d_type: "int3".into(),
+                ..Default::default()
+            },
+            ModelOptions {
+                max_model_len: -4,
+                ..Default::default()
+            },
+            options(&["gpu_memory_utilization:1.5"]),
+            options(&["enforce_eager:maybe"]),
+            options(&["use_jinja:2x"]),
+            options(&["tool_parser:nope"]),
+        ] {
+            let e = load(o.clone()).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{o:?}: {e}");
+        }
+        let e = load(options(&["tool_parser:nope"])).unwrap_err();
+        assert!(e.to_string().contains("hermes"), "{e}");
+    }
+}
