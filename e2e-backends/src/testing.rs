@@ -3,7 +3,7 @@
 //! failure, as test code does; the benchmark ones return errors.
 use std::path::PathBuf;
 
-use backend_common::pb::{PredictOptions, Reply};
+use backend_common::pb::{Message, PredictOptions, Reply};
 
 use crate::client::Client;
 
@@ -29,6 +29,19 @@ pub fn raw(prompt: &str, tokens: i32) -> PredictOptions {
         tokens,
         temperature: 0.0,
         ..Default::default()
+    }
+}
+
+/// A greedy chat request of one user message, through the model's template.
+pub fn chat(user: &str, tokens: i32) -> PredictOptions {
+    PredictOptions {
+        use_tokenizer_template: true,
+        messages: vec![Message {
+            role: "user".into(),
+            content: user.into(),
+            ..Default::default()
+        }],
+        ..raw("", tokens)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use backend_common::engine::{
     EmbedInput, Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest,
-    GenerationStats, LoadRequest, ModelInfo, TokenLogprob, TokenSink,
+    GenerationStats, LoadRequest, MemoryReport, ModelInfo, TokenLogprob, TokenSink,
 };
 use backend_common::pb::backend_server::{Backend, BackendServer};
 use backend_common::pb::status_response::State;
@@ -122,6 +122,8 @@ struct ScriptEngine {
 struct Loaded {
     replay: Option<String>,
     context: usize,
+    /// The model file's size, reported as its weights.
+    weights: u64,
 }
 
 impl ScriptEngine {
@@ -129,8 +131,36 @@ impl ScriptEngine {
         self.fault == Some(fault)
     }
 
-    /// What to generate for `request`.
+    /// What to generate for `request`: [`Self::scripted`], less the tokens (characters) a
+    /// LogitBias of -50 or less bans.
     fn script(&self, request: &GenerationRequest, loaded: &Loaded) -> Result<String, EngineError> {
+        let bias = &request.sampling.logit_bias;
+        if let Some((id, _)) = bias
+            .iter()
+            .find(|(id, _)| char::from_u32(*id as u32).is_none())
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "LogitBias: token id {id} is outside the vocabulary"
+            )));
+        }
+        let text = self.scripted(request, loaded)?;
+        if self.is(Fault::LogitBiasIgnored) {
+            return Ok(text);
+        }
+        let banned: Vec<char> = bias
+            .iter()
+            .filter(|(_, b)| *b <= -50.0)
+            .filter_map(|(id, _)| char::from_u32(*id as u32))
+            .collect();
+        Ok(text.chars().filter(|c| !banned.contains(c)).collect())
+    }
+
+    /// The text scripted for `request`, from its grammar, bias, tools or the loaded model.
+    fn scripted(
+        &self,
+        request: &GenerationRequest,
+        loaded: &Loaded,
+    ) -> Result<String, EngineError> {
         if let Some(grammar) = &request.grammar {
             let first = first_literal(grammar)?;
             if !self.is(Fault::GrammarIgnored) {
@@ -181,9 +211,11 @@ fn first_literal(grammar: &str) -> Result<String, EngineError> {
 
 impl Engine for ScriptEngine {
     fn load(&self, request: &LoadRequest) -> Result<ModelInfo, EngineError> {
-        if !request.path.is_file() {
-            return Err(EngineError::ModelNotFound(request.path.clone()));
-        }
+        // Refuses what is not a GGUF file as the real workers do.
+        backend_common::model_path::check_gguf_file(&request.path)?;
+        let weights = std::fs::metadata(&request.path)
+            .map_err(|_| EngineError::ModelNotFound(request.path.clone()))?
+            .len();
         let context = match request.options.context_size {
             n if n > 0 => n as usize,
             _ => 4096,
@@ -194,6 +226,7 @@ impl Engine for ScriptEngine {
                 .get_str(&["replay"])
                 .map(|(_, v)| v.to_string()),
             context,
+            weights,
         });
         Ok(ModelInfo {
             name: Some("Qwen3 fault double".into()),
@@ -284,16 +317,44 @@ impl Engine for ScriptEngine {
         })
     }
 
+    /// A bag of words: each word counts in one of 16 dimensions, so texts that share words
+    /// are close. Token ids are characters, as [`Engine::tokenize`] makes them.
     fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
-        let text = match input {
+        let text: String = match input {
             EmbedInput::Text(text) => text.clone(),
-            EmbedInput::Tokens(ids) => ids.iter().map(|id| id.to_string()).collect(),
+            EmbedInput::Tokens(ids) => ids
+                .iter()
+                .map(|&id| {
+                    char::from_u32(id as u32).ok_or_else(|| {
+                        EngineError::InvalidArgument(format!(
+                            "EmbeddingTokens: token id {id} is outside the vocabulary"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
-        let mut v = vec![0.0f32; 8];
-        for (i, c) in text.chars().enumerate() {
-            v[i % 8] += (c as u32 % 97) as f32 / 97.0;
+        if text.is_empty() {
+            return Err(EngineError::InvalidArgument("nothing to embed".into()));
+        }
+        let mut v = vec![0.0f32; 16];
+        for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
+            if !word.is_empty() {
+                let hash = word
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+                v[hash as usize % 16] += 1.0;
+            }
         }
         Ok(v)
+    }
+
+    fn memory(&self) -> MemoryReport {
+        let weights = self.loaded.lock().unwrap().as_ref().map(|l| l.weights);
+        MemoryReport {
+            parts: weights
+                .map(|w| vec![("weights".into(), w), ("kv_cache".into(), 1 << 20)])
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -626,7 +687,7 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
     let model = std::env::temp_dir().join(format!("fault-double-{}.gguf", std::process::id()));
     std::fs::write(
         &model,
-        b"not a real model: the double only checks that it exists",
+        b"GGUF, but not a real model: the double only checks its magic",
     )?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-backends"))
         .args(["--format", "json"])
