@@ -1,11 +1,18 @@
-//! Helpers for tests and benchmarks that drive a real worker: where the test models are, raw
-//! requests, reading a whole stream, and a stream's timings. The test helpers panic on
-//! failure, as test code does; the benchmark ones return errors.
+//! Helpers for tests and benchmarks that drive a real worker: where the test models are, the
+//! workers' contract suite, raw requests, reading a whole stream, and a stream's timings.
+//! The test helpers panic on failure, as test code does; the benchmark ones return errors.
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use backend_common::pb::{Message, PredictOptions, Reply};
 
+use crate::caps::Capability;
 use crate::client::Client;
+use crate::config::Config;
+use crate::suite::{self, JunitOutput};
+
+/// The test model that calls tools: Qwen2.5-Coder-0.5B-Instruct.
+pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 /// The path of a test model in `$MODELS_DIR` (default: `models/` at the workspace root);
 /// panics with the command that fetches it when it is missing.
@@ -20,6 +27,35 @@ pub fn model(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs the conformance suite as a worker's contract test (the `main` of a `harness = false`
+/// test target): `binary` with the [`QWEN`] GGUF, `tool_parser:hermes`, 2 threads and the
+/// capabilities `caps`, the rest as the harness's defaults. Only the test's arguments come
+/// from outside (name filters, `--nocapture`, `--format junit`), not the environment.
+pub fn contract(binary: &str, caps: &[Capability]) -> ExitCode {
+    let qwen = model(QWEN).display().to_string();
+    let caps: Vec<_> = caps.iter().map(|c| c.name()).collect();
+    let caps = caps.join(",");
+    let vars = [
+        ("BACKEND_BINARY", binary),
+        ("BACKEND_TEST_MODEL_FILE", &qwen),
+        ("BACKEND_TEST_CAPS", &caps),
+        ("BACKEND_TEST_OPTIONS", "tool_parser:hermes"),
+        ("BACKEND_TEST_THREADS", "2"),
+    ];
+    let config = Config::from_env(|name| {
+        vars.iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, value)| value.to_string())
+    })
+    .expect("the contract configuration is valid");
+    let (args, junit_stdout) = suite::arguments(std::env::args());
+    let junit = JunitOutput {
+        stdout: junit_stdout,
+        file: None,
+    };
+    suite::run(config, args, junit)
 }
 
 /// A greedy raw-prompt request for `tokens` new tokens.
