@@ -121,7 +121,7 @@ fn token_entry(entry: &Value) -> Result<(), CheckError> {
     );
     let logprob = entry.get("logprob").and_then(Value::as_f64);
     ensure!(
-        logprob.is_some_and(|l| l.is_finite() && l <= 1e-3),
+        logprob.is_some_and(|l| l.is_finite() && l <= 0.0),
         "`logprob` is not a finite number <= 0 in {entry}"
     );
     Ok(())

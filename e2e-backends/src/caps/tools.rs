@@ -118,13 +118,32 @@ pub async fn tools(ctx: &Context) -> Result<Verdict, CheckError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let prompt = &ctx.config.tool_prompt;
+    let names = names(prompt);
     ensure!(
-        location
-            .split(|c: char| !c.is_alphanumeric())
-            .any(|word| !word.is_empty() && prompt.contains(word)),
-        "the required `location` must be taken from the prompt {prompt:?}; the arguments are {arguments}"
+        names.iter().any(|name| location.contains(name)),
+        "the required `location` must name what the prompt {prompt:?} does ({names:?}); the arguments are {arguments}"
     );
     Ok(Verdict::Passed)
+}
+
+/// The words of `prompt` that name something: those capitalised past its first word, or
+/// every word when none is.
+fn names(prompt: &str) -> Vec<&str> {
+    let words: Vec<&str> = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let capitalised: Vec<&str> = words
+        .iter()
+        .skip(1)
+        .filter(|w| w.starts_with(char::is_uppercase))
+        .copied()
+        .collect();
+    if capitalised.is_empty() {
+        words
+    } else {
+        capitalised
+    }
 }
 
 /// The streamed call: one stable index 0, id and name sent once, argument fragments that
@@ -286,4 +305,18 @@ pub async fn reasoning(ctx: &Context) -> Result<Verdict, CheckError> {
         "streamed message shows the think tags: {visible:?}"
     );
     Ok(Verdict::Passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn names_are_the_capitalised_words() {
+        assert_eq!(
+            names("What's the weather like in Paris, France?"),
+            ["Paris", "France"]
+        );
+        assert_eq!(names("weather in paris"), ["weather", "in", "paris"]);
+    }
 }
