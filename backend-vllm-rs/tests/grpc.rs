@@ -1,68 +1,28 @@
-//! The candle worker end to end: the real binary, real gRPC over loopback, the real
-//! SmolLM2-135M and Qwen2.5-Coder-0.5B GGUFs (fetched by `scripts/fetch-models.sh`) and the
-//! Hugging Face folders exported from them.
+//! What is particular to the candle worker, end to end: the real binary, real gRPC over
+//! loopback, the real SmolLM2-135M and Qwen2.5-Coder-0.5B GGUFs (fetched by
+//! `scripts/fetch-models.sh`) and the Hugging Face folders exported from them, compared
+//! with llama.cpp. What every worker must do is checked by the conformance suite in
+//! `contract.rs`.
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use backend_common::pb::status_response::State;
-use backend_common::pb::{HealthMessage, Message, ModelOptions, PredictOptions};
+use backend_common::pb::{HealthMessage, ModelOptions};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{collect, model, raw, text};
+use e2e_backends::testing::{self, QWEN, SMOLLM2, chat, load, load_options, model, raw};
 use e2e_backends::worker::Worker;
 use tonic::Code;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_backend-vllm-rs");
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
-async fn start(binary: &Path) -> Worker {
-    Worker::start(binary, &[], None, Duration::from_secs(30))
-        .await
-        .expect("worker starts and answers Health")
-}
-
-fn load_options(name: &str, options: &[&str]) -> ModelOptions {
-    ModelOptions {
-        model: name.into(),
-        model_file: model(name).display().to_string(),
-        context_size: 1024,
-        threads: 2,
-        options: options.iter().map(|o| o.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-async fn started_with(name: &str, options: &[&str]) -> (Worker, Client) {
-    start_loaded(load_options(name, options)).await
-}
-
-async fn start_loaded(options: ModelOptions) -> (Worker, Client) {
-    let worker = start(BINARY.as_ref()).await;
-    let mut client = worker.client(None).await.unwrap();
-    let loaded = client.load_model(options).await.unwrap().into_inner();
-    assert!(loaded.success, "{}", loaded.message);
-    (worker, client)
-}
-
-fn chat(user: &str, tokens: i32) -> PredictOptions {
-    PredictOptions {
-        use_tokenizer_template: true,
-        messages: vec![Message {
-            role: "user".into(),
-            content: user.into(),
-            ..Default::default()
-        }],
-        tokens,
-        temperature: 0.0,
-        ..Default::default()
-    }
+/// A fresh worker with `options` loaded.
+async fn started_with(options: ModelOptions) -> (Worker, Client) {
+    testing::started_with(BINARY.as_ref(), options).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn qwen_answers_paris_like_llamacpp() {
-    let (_worker, mut client) = started_with(QWEN, &[]).await;
+    let (_worker, mut client) = started_with(load_options(QWEN)).await;
     let reply = client
         .predict(chat("What is the capital of France?", 32))
         .await
@@ -81,137 +41,6 @@ async fn qwen_answers_paris_like_llamacpp() {
     assert_eq!(reply.chat_deltas.len(), 1);
     assert_eq!(reply.chat_deltas[0].content, answer);
     assert!(reply.prompt_tokens > 10 && reply.tokens > 5, "{reply:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn greedy_is_deterministic_and_stream_equals_unary() {
-    let (_worker, mut client) = started_with(SMOLLM2, &[]).await;
-    let a = client
-        .predict(raw("The capital of France is", 12))
-        .await
-        .unwrap()
-        .into_inner();
-    let b = client
-        .predict(raw("The capital of France is", 12))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!a.message.is_empty());
-    assert_eq!(a.message, b.message, "greedy decoding repeats");
-    assert_eq!(a.tokens, 12);
-    assert!(a.timing_token_generation > 0.0 && a.timing_prompt_processing > 0.0);
-    let replies = collect(&mut client, raw("The capital of France is", 12)).await;
-    assert!(replies.len() > 2, "tokens arrive as separate chunks");
-    assert_eq!(text(&replies).as_bytes(), a.message.as_slice());
-    let last = replies.last().unwrap();
-    assert_eq!(
-        (last.tokens, last.prompt_tokens),
-        (a.tokens, a.prompt_tokens)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sampling_controls() {
-    let (_worker, mut client) = started_with(SMOLLM2, &[]).await;
-    let seeded = |seed| PredictOptions {
-        temperature: 0.9,
-        top_k: 40,
-        top_p: 0.95,
-        min_p: 0.05,
-        seed,
-        ..raw("Once upon a time", 16)
-    };
-    let a = client.predict(seeded(42)).await.unwrap().into_inner();
-    let b = client.predict(seeded(42)).await.unwrap().into_inner();
-    assert_eq!(a.message, b.message, "same seed, same text");
-
-    let mut logprobs = raw("Once upon a time", 4);
-    logprobs.logprobs = 1;
-    logprobs.top_logprobs = 3;
-    let reply = client.predict(logprobs).await.unwrap().into_inner();
-    let json: serde_json::Value = serde_json::from_slice(&reply.logprobs).unwrap();
-    let entries = json["content"].as_array().unwrap();
-    assert_eq!(entries.len(), 4);
-    let first = &entries[0];
-    let top = first["top_logprobs"].as_array().unwrap();
-    assert_eq!(top.len(), 3);
-    assert_eq!(
-        top[0]["id"], first["id"],
-        "greedy picks the most likely token"
-    );
-    assert!(first["logprob"].as_f64().unwrap() <= 0.0);
-
-    let greedy_first = first["id"].as_i64().unwrap();
-    let mut banned = raw("Once upon a time", 4);
-    banned.logprobs = 1;
-    banned.logit_bias = format!("{{\"{greedy_first}\": -100}}");
-    let reply = client.predict(banned).await.unwrap().into_inner();
-    let json: serde_json::Value = serde_json::from_slice(&reply.logprobs).unwrap();
-    assert_ne!(json["content"][0]["id"].as_i64().unwrap(), greedy_first);
-
-    let mut endless = chat("Say hi.", 40);
-    endless.ignore_eos = true;
-    let reply = client.predict(endless).await.unwrap().into_inner();
-    assert_eq!(reply.tokens, 40, "IgnoreEOS runs to the token limit");
-}
-
-const WEATHER_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}}, "required": ["location"]}}}]"#;
-
-fn weather_request() -> PredictOptions {
-    PredictOptions {
-        use_tokenizer_template: true,
-        messages: vec![
-            Message {
-                role: "system".into(),
-                content: "You are a helpful assistant with access to tools.".into(),
-                ..Default::default()
-            },
-            Message {
-                role: "user".into(),
-                content: "What's the weather like in Paris, France?".into(),
-                ..Default::default()
-            },
-        ],
-        tools: WEATHER_TOOLS.into(),
-        tool_choice: "\"auto\"".into(),
-        tokens: 200,
-        temperature: 0.0,
-        ..Default::default()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn qwen_streams_a_get_weather_tool_call() {
-    let (_worker, mut client) = started_with(QWEN, &["tool_parser:hermes"]).await;
-    let replies = collect(&mut client, weather_request()).await;
-    let (mut names, mut ids, mut arguments) = (Vec::new(), Vec::new(), String::new());
-    for reply in &replies {
-        let visible = String::from_utf8_lossy(&reply.message);
-        assert!(!visible.contains("\"name\""), "markup leaked: {visible:?}");
-        for delta in &reply.chat_deltas {
-            assert!(
-                !delta.content.contains("get_weather"),
-                "the call leaked into content"
-            );
-            for call in &delta.tool_calls {
-                assert_eq!(call.index, 0);
-                if !call.name.is_empty() {
-                    names.push(call.name.clone());
-                }
-                if !call.id.is_empty() {
-                    ids.push(call.id.clone());
-                }
-                arguments.push_str(&call.arguments);
-            }
-        }
-    }
-    assert_eq!(names, vec!["get_weather".to_string()], "{replies:?}");
-    assert_eq!(ids.len(), 1, "the id is sent once");
-    let args: serde_json::Value =
-        serde_json::from_str(&arguments).expect("fragments join into JSON");
-    assert!(args.to_string().contains("Paris"), "{args}");
-    let last = replies.last().unwrap();
-    assert!(last.tokens > 0 && last.prompt_tokens > 0);
 }
 
 /// The llama.cpp worker built in the same target directory.
@@ -255,8 +84,8 @@ async fn token_ids(client: &mut Client) -> Vec<Vec<i32>> {
 }
 
 /// Load options for the Hugging Face folder exported from GGUF `name` (f32 weights).
-fn folder_options(name: &str, options: &[&str]) -> ModelOptions {
-    let mut o = load_options(name, options);
+fn folder_options(name: &str) -> ModelOptions {
+    let mut o = load_options(name);
     o.model_file = common::exported(name, candle_core::DType::F32)
         .display()
         .to_string();
@@ -265,25 +94,19 @@ fn folder_options(name: &str, options: &[&str]) -> ModelOptions {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokenize_equals_llamacpp() {
-    let llamacpp = start(&llamacpp_binary()).await;
+    let llamacpp = testing::start(&llamacpp_binary()).await;
     let mut reference = llamacpp.client(None).await.unwrap();
-    let ours = start(BINARY.as_ref()).await;
+    let ours = testing::start(BINARY.as_ref()).await;
     let mut client = ours.client(None).await.unwrap();
     for name in [SMOLLM2, QWEN] {
-        let loaded = reference
-            .load_model(load_options(name, &[]))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(loaded.success);
+        load(&mut reference, load_options(name)).await;
         let expected = token_ids(&mut reference).await;
         // The GGUF, then the folder exported from it (its own tokenizer.json).
         for (form, options) in [
-            ("GGUF", load_options(name, &[])),
-            ("folder", folder_options(name, &[])),
+            ("GGUF", load_options(name)),
+            ("folder", folder_options(name)),
         ] {
-            let loaded = client.load_model(options).await.unwrap().into_inner();
-            assert!(loaded.success, "{}", loaded.message);
+            load(&mut client, options).await;
             let got = token_ids(&mut client).await;
             for ((s, e), g) in TOKENIZER_STRINGS.iter().zip(&expected).zip(&got) {
                 assert_eq!(g, e, "{name} {form}: {s:?}");
@@ -294,7 +117,7 @@ async fn tokenize_equals_llamacpp() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hugging_face_folder_answers_like_the_gguf() {
-    let (_worker, mut client) = start_loaded(folder_options(QWEN, &[])).await;
+    let (_worker, mut client) = started_with(folder_options(QWEN)).await;
     let reply = client
         .predict(chat("What is the capital of France?", 12))
         .await
@@ -389,53 +212,6 @@ fn export_hf_and_render_from_the_command_line() {
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn free_releases_and_load_works_again() {
-    let (_worker, mut client) = started_with(SMOLLM2, &[]).await;
-    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
-    assert_eq!(status.state, State::Ready as i32);
-    let memory = status.memory.unwrap();
-    assert!(memory.breakdown["weights"] > 50_000_000, "{memory:?}");
-    assert!(
-        client
-            .free(HealthMessage {})
-            .await
-            .unwrap()
-            .into_inner()
-            .success
-    );
-    let status = client.status(HealthMessage {}).await.unwrap().into_inner();
-    assert_eq!(status.state, State::Uninitialized as i32);
-    assert_eq!(
-        client.predict(raw("Hi", 3)).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
-    assert_eq!(
-        client
-            .tokenize_string(raw("Hi", 0))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::FailedPrecondition
-    );
-    let loaded = client
-        .load_model(load_options(SMOLLM2, &[]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(loaded.success);
-    assert!(
-        !client
-            .predict(raw("Hello", 3))
-            .await
-            .unwrap()
-            .into_inner()
-            .message
-            .is_empty()
-    );
-}
-
-/// A GGUF with a valid header for an architecture this backend does not implement.
 fn foreign_gguf(path: &Path) {
     use candle_core::quantized::gguf_file::{Value, write};
     let mut file = std::fs::File::create(path).unwrap();
@@ -444,17 +220,8 @@ fn foreign_gguf(path: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_loads_name_the_problem_and_keep_the_model() {
-    let (_worker, mut client) = started_with(SMOLLM2, &[]).await;
-    let mut missing = load_options(SMOLLM2, &[]);
-    missing.model_file = "/nonexistent/folder/model.gguf".into();
-    let e = client.load_model(missing).await.unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e}");
-    assert!(
-        e.message().contains("/nonexistent/folder/model.gguf"),
-        "{e}"
-    );
-
+async fn bad_models_name_the_problem_and_keep_the_model() {
+    let (_worker, mut client) = started_with(load_options(SMOLLM2)).await;
     let scratch = std::env::temp_dir().join(format!("vllm-rs-bad-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let not_gguf = scratch.join("notes.gguf");
@@ -480,7 +247,7 @@ async fn bad_loads_name_the_problem_and_keep_the_model() {
             "model.safetensors is missing",
         ),
     ] {
-        let mut bad = load_options(SMOLLM2, &[]);
+        let mut bad = load_options(SMOLLM2);
         bad.model_file = path.display().to_string();
         let e = client.load_model(bad).await.unwrap_err();
         assert_eq!(e.code(), code, "{e}");
@@ -490,7 +257,7 @@ async fn bad_loads_name_the_problem_and_keep_the_model() {
 
     // A hub id with no local copy: nothing is downloaded, and the message says where the
     // copy was looked for.
-    let mut hub = load_options(SMOLLM2, &[]);
+    let mut hub = load_options(SMOLLM2);
     hub.model = "no-such-org/no-such-model".into();
     hub.model_file.clear();
     let e = client.load_model(hub).await.unwrap_err();
@@ -501,13 +268,10 @@ async fn bad_loads_name_the_problem_and_keep_the_model() {
         "{e}"
     );
 
-    let mut parallel = load_options(SMOLLM2, &[]);
+    let mut parallel = load_options(SMOLLM2);
     parallel.tensor_parallel_size = 2;
     let e = client.load_model(parallel).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented, "{e}");
-    let parser = load_options(SMOLLM2, &["tool_parser:no_such_parser"]);
-    let e = client.load_model(parser).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
     // None of these cost the loaded model.
     assert!(
         !client

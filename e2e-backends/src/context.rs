@@ -131,6 +131,21 @@ impl Context {
         )
     }
 
+    /// Whether the worker runs on this machine, seeing its files (a binary, or an image's
+    /// `run.sh` with `BACKEND_IMAGE_RUN=host`).
+    pub fn runs_here(&self) -> bool {
+        matches!(
+            self.config.target,
+            Some(
+                Target::Binary(_)
+                    | Target::Image {
+                        run: ImageRun::Host,
+                        ..
+                    }
+            )
+        )
+    }
+
     /// The address of the worker under test, starting it on first use.
     pub async fn addr(&self) -> Result<String, CheckError> {
         let mut state = self.state.lock().await;
@@ -385,6 +400,16 @@ impl Context {
                 }
             }
         })
+    }
+
+    /// The size of the model file on this machine; `None` when the model is only a name.
+    pub async fn model_file_size(&self) -> Result<Option<u64>, CheckError> {
+        match self.host_model().await? {
+            HostModel::Name(_) => Ok(None),
+            HostModel::File(file) => std::fs::metadata(&file)
+                .map(|m| Some(m.len()))
+                .map_err(|e| CheckError::Setup(format!("{}: {e}", file.display()))),
+        }
     }
 
     /// The model as this machine has it, downloading `BACKEND_TEST_MODEL_URL` once.

@@ -1,11 +1,23 @@
-//! Helpers for tests and benchmarks that drive a real worker: where the test models are, raw
-//! requests, reading a whole stream, and a stream's timings. The test helpers panic on
-//! failure, as test code does; the benchmark ones return errors.
-use std::path::PathBuf;
+//! Helpers for tests and benchmarks that drive a real worker: where the test models are, the
+//! workers' contract suite, starting and loading a worker, raw requests, reading a whole
+//! stream, and a stream's timings. The test helpers panic on failure, as test code does;
+//! the benchmark ones return errors.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use backend_common::pb::{PredictOptions, Reply};
+use backend_common::pb::{Message, ModelOptions, PredictOptions, Reply};
 
+use crate::caps::Capability;
 use crate::client::Client;
+use crate::config::Config;
+use crate::suite::{self, JunitOutput};
+use crate::worker::Worker;
+
+/// The small test model: SmolLM2-135M-Instruct.
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The test model that calls tools: Qwen2.5-Coder-0.5B-Instruct.
+pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 /// The path of a test model in `$MODELS_DIR` (default: `models/` at the workspace root);
 /// panics with the command that fetches it when it is missing.
@@ -22,6 +34,67 @@ pub fn model(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the conformance suite as a worker's contract test (the `main` of a `harness = false`
+/// test target): `binary` with the [`QWEN`] GGUF, `tool_parser:hermes`, 2 threads and the
+/// capabilities `caps`, the rest as the harness's defaults. Only the test's arguments come
+/// from outside (name filters, `--nocapture`, `--format junit`), not the environment.
+pub fn contract(binary: &str, caps: &[Capability]) -> ExitCode {
+    let qwen = model(QWEN).display().to_string();
+    let caps: Vec<_> = caps.iter().map(|c| c.name()).collect();
+    let caps = caps.join(",");
+    let vars = [
+        ("BACKEND_BINARY", binary),
+        ("BACKEND_TEST_MODEL_FILE", &qwen),
+        ("BACKEND_TEST_CAPS", &caps),
+        ("BACKEND_TEST_OPTIONS", "tool_parser:hermes"),
+        ("BACKEND_TEST_THREADS", "2"),
+    ];
+    let config = Config::from_env(|name| {
+        vars.iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, value)| value.to_string())
+    })
+    .expect("the contract configuration is valid");
+    let (args, junit_stdout) = suite::arguments(std::env::args());
+    let junit = JunitOutput {
+        stdout: junit_stdout,
+        file: None,
+    };
+    suite::run(config, args, junit)
+}
+
+/// Starts `binary` as LocalAI does (no auth) and waits until Health answers "OK".
+pub async fn start(binary: &Path) -> Worker {
+    Worker::start(binary, &[], None, Duration::from_secs(30))
+        .await
+        .expect("worker starts and answers Health")
+}
+
+/// LoadModel options for test model `name`: its file, a 1024-token context, 2 threads.
+pub fn load_options(name: &str) -> ModelOptions {
+    ModelOptions {
+        model: name.into(),
+        model_file: model(name).display().to_string(),
+        context_size: 1024,
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+/// Loads `options` through `client` and asserts it worked.
+pub async fn load(client: &mut Client, options: ModelOptions) {
+    let loaded = client.load_model(options).await.unwrap().into_inner();
+    assert!(loaded.success, "{}", loaded.message);
+}
+
+/// A fresh worker of `binary` with `options` loaded, and a client of it.
+pub async fn started_with(binary: &Path, options: ModelOptions) -> (Worker, Client) {
+    let worker = start(binary).await;
+    let mut client = worker.client(None).await.unwrap();
+    load(&mut client, options).await;
+    (worker, client)
+}
+
 /// A greedy raw-prompt request for `tokens` new tokens.
 pub fn raw(prompt: &str, tokens: i32) -> PredictOptions {
     PredictOptions {
@@ -29,6 +102,19 @@ pub fn raw(prompt: &str, tokens: i32) -> PredictOptions {
         tokens,
         temperature: 0.0,
         ..Default::default()
+    }
+}
+
+/// A greedy chat request of one user message, through the model's template.
+pub fn chat(user: &str, tokens: i32) -> PredictOptions {
+    PredictOptions {
+        use_tokenizer_template: true,
+        messages: vec![Message {
+            role: "user".into(),
+            content: user.into(),
+            ..Default::default()
+        }],
+        ..raw("", tokens)
     }
 }
 

@@ -121,6 +121,8 @@ struct ScriptModel {
     fault: Option<Fault>,
     replay: Option<String>,
     context: u32,
+    /// The model file's size, reported as its weights.
+    weights: u64,
     /// One generation at a time, like a single-slot engine.
     turn: Mutex<()>,
 }
@@ -130,8 +132,25 @@ impl ScriptModel {
         self.fault == Some(fault)
     }
 
-    /// What to generate for `request`.
+    /// What to generate for `request`: [`Self::scripted`], less the tokens (characters) a
+    /// LogitBias of -50 or less bans (backend-common checked that every id is a token).
     fn script(&self, request: &GenerationRequest) -> Result<String, EngineError> {
+        let text = self.scripted(request)?;
+        if self.is(Fault::LogitBiasIgnored) {
+            return Ok(text);
+        }
+        let banned: Vec<char> = request
+            .sampling
+            .logit_bias
+            .iter()
+            .filter(|(_, b)| *b <= -50.0)
+            .filter_map(|(id, _)| char::from_u32(*id as u32))
+            .collect();
+        Ok(text.chars().filter(|c| !banned.contains(c)).collect())
+    }
+
+    /// The text scripted for `request`, from its grammar, bias, tools or the loaded model.
+    fn scripted(&self, request: &GenerationRequest) -> Result<String, EngineError> {
         if let Some(grammar) = &request.grammar {
             let first = first_literal(grammar)?;
             if !self.is(Fault::GrammarIgnored) {
@@ -190,9 +209,11 @@ impl Engine for ScriptEngine {
     const OPTIONS: &'static [&'static str] = &["replay"];
 
     fn plan(&self, request: &LoadRequest) -> Result<ScriptModel, EngineError> {
-        if !request.path.is_file() {
-            return Err(EngineError::ModelNotFound(request.path.clone()));
-        }
+        // Refuses what is not a GGUF file as the real workers do.
+        backend_common::model_path::check_gguf_file(&request.path)?;
+        let weights = std::fs::metadata(&request.path)
+            .map_err(|_| EngineError::ModelNotFound(request.path.clone()))?
+            .len();
         Ok(ScriptModel {
             fault: self.fault,
             replay: request
@@ -200,6 +221,7 @@ impl Engine for ScriptEngine {
                 .get_str(&["replay"])
                 .map(|(_, v)| v.to_string()),
             context: request.context_size.unwrap_or(4096),
+            weights,
             turn: Mutex::new(()),
         })
     }
@@ -277,20 +299,44 @@ impl LoadedModel for ScriptModel {
         })
     }
 
+    /// A bag of words: each word counts in one of 16 dimensions, so texts that share words
+    /// are close. Token ids are characters, as [`LoadedModel::tokenize`] makes them.
     fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
-        let text = match input {
+        let text: String = match input {
             EmbedInput::Text(text) => text.clone(),
-            EmbedInput::Tokens(ids) => ids.iter().map(|id| id.to_string()).collect(),
+            EmbedInput::Tokens(ids) => ids
+                .iter()
+                .map(|&id| {
+                    char::from_u32(id as u32).ok_or_else(|| {
+                        EngineError::InvalidArgument(format!(
+                            "EmbeddingTokens: token id {id} is outside the vocabulary"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
-        let mut v = vec![0.0f32; 8];
-        for (i, c) in text.chars().enumerate() {
-            v[i % 8] += (c as u32 % 97) as f32 / 97.0;
+        if text.is_empty() {
+            return Err(EngineError::InvalidArgument("nothing to embed".into()));
+        }
+        let mut v = vec![0.0f32; 16];
+        for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
+            if !word.is_empty() {
+                let hash = word
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+                v[hash as usize % 16] += 1.0;
+            }
         }
         Ok(v)
     }
 
     fn memory(&self) -> MemoryReport {
-        MemoryReport::default()
+        MemoryReport {
+            parts: vec![
+                ("weights".into(), self.weights),
+                ("kv_cache".into(), 1 << 20),
+            ],
+        }
     }
 }
 
@@ -619,7 +665,7 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
     let model = std::env::temp_dir().join(format!("fault-double-{}.gguf", std::process::id()));
     std::fs::write(
         &model,
-        b"not a real model: the double only checks that it exists",
+        b"GGUF, but not a real model: the double only checks its magic",
     )?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-backends"))
         .args(["--format", "json"])

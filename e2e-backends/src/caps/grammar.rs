@@ -3,25 +3,26 @@
 use backend_common::pb::PredictOptions;
 use tonic::Code;
 
-use super::{CheckError, Rpc, Verdict, ensure};
+use super::{CheckError, Rpc, Verdict, collect, ensure, text};
 use crate::context::Context;
+use crate::testing::{chat, raw};
 
 /// Two answers and nothing else.
 pub const YES_NO: &str = r#"root ::= "yes" | "no""#;
 
-/// What LocalAI's core sends for `{"type":"object","properties":{"city":{"type":"string"}},
-/// "required":["city"]}`, with the string length bounded so a small model cannot ramble.
-pub const CITY_SCHEMA: &str = r#"root ::= "{" space "\"city\"" space ":" space string space "}"
-string ::= "\"" [A-Za-z .,'-]{1,40} "\""
+/// What LocalAI's core sends for `{"type":"object","properties":{"name":{"type":"string"},
+/// "age":{"type":"integer"}},"required":["name","age"]}`, with the lengths bounded so a
+/// small model cannot ramble.
+pub const PERSON_SCHEMA: &str = r#"root ::= "{" space "\"name\"" space ":" space name "," space "\"age\"" space ":" space age space "}"
+name ::= "\"" [A-Za-z ]{1,20} "\""
+age ::= [1-9] [0-9]?
 space ::= " "?"#;
 
+/// A greedy raw-prompt request constrained by `grammar`.
 fn constrained(prompt: &str, grammar: &str, tokens: i32) -> PredictOptions {
     PredictOptions {
-        prompt: prompt.into(),
         grammar: grammar.into(),
-        tokens,
-        temperature: 0.0,
-        ..Default::default()
+        ..raw(prompt, tokens)
     }
 }
 
@@ -64,25 +65,30 @@ pub async fn grammar(ctx: &Context) -> Result<Verdict, CheckError> {
     Ok(Verdict::Passed)
 }
 
-/// The output of the JSON-schema grammar is a JSON object with a string `city`.
+/// The output of the JSON-schema grammar, for a chat through the model's template, unary
+/// and streamed, is a JSON object of a non-empty `name` and an `age` from 1 to 99.
 pub async fn json_schema(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
-    let reply = client
-        .predict(constrained(
-            "Which city is the capital of France? Reply in JSON.\n",
-            CITY_SCHEMA,
-            64,
-        ))
-        .await
-        .rpc("Predict")?;
-    let answer = String::from_utf8_lossy(&reply.message).into_owned();
-    ctx.note(format!("json_schema output: {answer:?}"));
-    let value: serde_json::Value = serde_json::from_str(&answer)
-        .map_err(|e| CheckError::Failed(format!("the output is not JSON ({e}): {answer:?}")))?;
-    ensure!(
-        value.get("city").is_some_and(serde_json::Value::is_string)
-            && value.as_object().is_some_and(|o| o.len() == 1),
-        "the output does not follow the schema {{\"city\": string}}: {value}"
-    );
+    let request = PredictOptions {
+        grammar: PERSON_SCHEMA.into(),
+        ..chat("Describe a person as JSON with a name and an age.", 100)
+    };
+    let unary = client.predict(request.clone()).await.rpc("Predict")?;
+    let unary = String::from_utf8_lossy(&unary.message).into_owned();
+    let streamed = text(&collect("PredictStream", client.predict_stream(request).await).await?);
+    for (how, answer) in [("unary", unary), ("streamed", streamed)] {
+        ctx.note(format!("json_schema {how} output: {answer:?}"));
+        let value: serde_json::Value = serde_json::from_str(&answer).map_err(|e| {
+            CheckError::Failed(format!("the {how} output is not JSON ({e}): {answer:?}"))
+        })?;
+        let name = value.get("name").and_then(serde_json::Value::as_str);
+        let age = value.get("age").and_then(serde_json::Value::as_u64);
+        ensure!(
+            name.is_some_and(|n| !n.is_empty())
+                && age.is_some_and(|a| (1..100).contains(&a))
+                && value.as_object().is_some_and(|o| o.len() == 2),
+            "the {how} output does not follow the schema {{\"name\": string, \"age\": 1..99}}: {value}"
+        );
+    }
     Ok(Verdict::Passed)
 }

@@ -2,10 +2,11 @@
 //! what the checks share: their error type, RPC helpers and LocalAI's way of merging replies.
 use std::collections::BTreeMap;
 
-use backend_common::pb::{ChatDelta, Reply};
+use backend_common::pb::{ChatDelta, PredictOptions, Reply};
 use tonic::{Response, Status, Streaming};
 
 use crate::context::Context;
+use crate::testing::raw;
 
 mod auth;
 mod bad_input;
@@ -157,11 +158,13 @@ pub enum CheckError {
 
 /// Fails the check with a message unless `cond` holds.
 macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
+    ($cond:expr, $($msg:tt)+) => {{
+        // Bound first, so that a float comparison is not negated where it is written.
+        let holds: bool = $cond;
+        if !holds {
             return Err($crate::caps::CheckError::Failed(format!($($msg)+)));
         }
-    };
+    }};
 }
 pub(crate) use ensure;
 
@@ -201,6 +204,25 @@ pub async fn check(cap: Capability, ctx: &Context) -> Result<Verdict, CheckError
         Capability::Auth => auth::auth(ctx).await,
         Capability::BadInput => bad_input::bad_input(ctx).await,
     }
+}
+
+/// A sampled raw-prompt request with a fixed seed (and every truncation sampler on), which
+/// must give the same text each time.
+pub(crate) fn seeded(prompt: &str, tokens: i32) -> PredictOptions {
+    PredictOptions {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        seed: 1234,
+        ..raw(prompt, tokens)
+    }
+}
+
+/// How many words `text` has: a lower bound for its tokens in any tokenizer that splits
+/// on spaces.
+pub(crate) fn words(text: &str) -> i32 {
+    text.split_whitespace().count() as i32
 }
 
 /// Reads a stream to its end.

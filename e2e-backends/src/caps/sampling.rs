@@ -1,73 +1,108 @@
 //! Sampling features: `logprobs` (LocalAI's JSON shape) and `logit_bias`.
-use backend_common::pb::PredictOptions;
+use backend_common::pb::{PredictOptions, Reply};
 use serde_json::Value;
+use tonic::Code;
 
-use super::{CheckError, Rpc, Verdict, ensure};
+use super::{CheckError, Rpc, Verdict, collect, ensure};
 use crate::context::Context;
+use crate::testing::raw;
 
 /// How many alternatives the logprobs check asks for.
 const TOP: usize = 3;
 
-/// Predict with Logprobs returns `{"content":[{id,token,bytes,logprob,top_logprobs}]}`.
+/// Predict with Logprobs returns `{"content":[{id,token,bytes,logprob,top_logprobs}]}`:
+/// an entry for each token, spelling the answer byte for byte, each with TopLogprobs
+/// alternatives sorted best first, the first of them the greedy choice; the stream carries
+/// as many entries.
 pub async fn logprobs(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let request = PredictOptions {
-        prompt: ctx.config.prompt.clone(),
-        tokens: 8,
-        temperature: 0.0,
         logprobs: 1,
         top_logprobs: TOP as i32,
-        ..Default::default()
+        ..raw(&ctx.config.prompt, 8)
     };
-    let reply = client.predict(request).await.rpc("Predict")?;
+    let reply = client.predict(request.clone()).await.rpc("Predict")?;
     ensure!(
         !reply.logprobs.is_empty(),
         "Reply.logprobs is empty although Logprobs=1 was asked for"
     );
-    let json: Value = serde_json::from_slice(&reply.logprobs).map_err(|e| {
-        CheckError::Failed(format!(
-            "Reply.logprobs is not JSON ({e}): {}",
-            String::from_utf8_lossy(&reply.logprobs)
-        ))
-    })?;
-    ctx.note(format!("logprobs: {json}"));
-    let content = json
-        .get("content")
-        .and_then(Value::as_array)
-        .ok_or_else(|| CheckError::Failed(format!("no `content` array in {json}")))?;
+    let content = entries(&reply)?;
     ensure!(!content.is_empty(), "`content` is empty");
+    // Whether the reply must carry its counts is the `predict` check's business.
     ensure!(
-        reply.tokens <= 0 || content.len() <= reply.tokens as usize,
+        reply.tokens <= 0 || content.len() == reply.tokens as usize,
         "{} logprob entries for {} tokens",
         content.len(),
         reply.tokens
     );
-    for entry in content {
+    let mut spelled = Vec::new();
+    for entry in &content {
         token_entry(entry)?;
         let top = entry
             .get("top_logprobs")
             .and_then(Value::as_array)
             .ok_or_else(|| CheckError::Failed(format!("no `top_logprobs` in {entry}")))?;
         ensure!(
-            !top.is_empty() && top.len() <= TOP,
+            top.len() == TOP,
             "{} top_logprobs for TopLogprobs={TOP}: {entry}",
             top.len()
         );
         for alternative in top {
             token_entry(alternative)?;
         }
-        let best = top
+        let values: Vec<f64> = top
             .iter()
             .filter_map(|t| t.get("logprob").and_then(Value::as_f64))
-            .fold(f64::NEG_INFINITY, f64::max);
-        let chosen = entry.get("logprob").and_then(Value::as_f64).unwrap_or(0.0);
-        let plausible = chosen <= best + 1e-3;
+            .collect();
         ensure!(
-            plausible,
-            "greedy decoding chose a token (logprob {chosen}) less likely than its best alternative ({best}): {entry}"
+            values.windows(2).all(|w| w[0] >= w[1]),
+            "top_logprobs must be sorted, most likely first: {entry}"
+        );
+        ensure!(
+            entry.get("id") == top[0].get("id") && entry.get("logprob") == top[0].get("logprob"),
+            "greedy decoding must choose the most likely token, the first of top_logprobs: {entry}"
+        );
+        spelled.extend(
+            entry
+                .get("bytes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .map(|b| b as u8),
         );
     }
+    ensure!(
+        spelled == reply.message,
+        "the entries' bytes spell {:?}, the answer is {:?}",
+        String::from_utf8_lossy(&spelled),
+        String::from_utf8_lossy(&reply.message)
+    );
+    let replies = collect("PredictStream", client.predict_stream(request).await).await?;
+    let mut streamed = 0;
+    for chunk in replies.iter().filter(|r| !r.logprobs.is_empty()) {
+        streamed += entries(chunk)?.len();
+    }
+    ensure!(
+        streamed == content.len(),
+        "the stream carries {streamed} logprob entries, the unary reply {}",
+        content.len()
+    );
     Ok(Verdict::Passed)
+}
+
+/// The `content` entries of a reply's logprobs JSON.
+fn entries(reply: &Reply) -> Result<Vec<Value>, CheckError> {
+    let json: Value = serde_json::from_slice(&reply.logprobs).map_err(|e| {
+        CheckError::Failed(format!(
+            "Reply.logprobs is not JSON ({e}): {}",
+            String::from_utf8_lossy(&reply.logprobs)
+        ))
+    })?;
+    json.get("content")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| CheckError::Failed(format!("no `content` array in {json}")))
 }
 
 /// One `{id, token, bytes, logprob}` object.
@@ -86,7 +121,7 @@ fn token_entry(entry: &Value) -> Result<(), CheckError> {
     );
     let logprob = entry.get("logprob").and_then(Value::as_f64);
     ensure!(
-        logprob.is_some_and(|l| l.is_finite() && l <= 1e-3),
+        logprob.is_some_and(|l| l.is_finite() && l <= 0.0),
         "`logprob` is not a finite number <= 0 in {entry}"
     );
     Ok(())
@@ -96,7 +131,8 @@ fn token_entry(entry: &Value) -> Result<(), CheckError> {
 const BIASED_TOKENS: i32 = 4;
 
 /// A +100 LogitBias on one token makes greedy decoding emit that token every time: the
-/// output is one piece repeated, and differs from the unbiased output.
+/// output is one piece repeated, and differs from the unbiased output. A -100 bias on the
+/// greedy first token keeps it out; a token id outside the vocabulary is INVALID_ARGUMENT.
 pub async fn logit_bias(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let tokens = client
@@ -111,21 +147,19 @@ pub async fn logit_bias(ctx: &Context) -> Result<Verdict, CheckError> {
         .last()
         .ok_or_else(|| CheckError::Failed("TokenizeString(\" Paris\") gave no tokens".into()))?;
     let request = |bias: &str| PredictOptions {
-        prompt: ctx.config.prompt.clone(),
-        tokens: BIASED_TOKENS,
-        temperature: 0.0,
         logit_bias: bias.into(),
-        ..Default::default()
+        logprobs: 1,
+        ..raw(&ctx.config.prompt, BIASED_TOKENS)
     };
     let plain = client.predict(request("")).await.rpc("Predict")?;
     let biased = client
         .predict(request(&format!("{{\"{token}\": 100}}")))
         .await
         .rpc("Predict")?;
-    let plain = String::from_utf8_lossy(&plain.message).into_owned();
+    let plain_text = String::from_utf8_lossy(&plain.message).into_owned();
     let text = String::from_utf8_lossy(&biased.message).into_owned();
     ctx.note(format!(
-        "token {token}: unbiased {plain:?}, biased {text:?}"
+        "token {token}: unbiased {plain_text:?}, biased {text:?}"
     ));
     let n = BIASED_TOKENS as usize;
     let piece = text.get(..text.len() / n).unwrap_or_default();
@@ -134,8 +168,35 @@ pub async fn logit_bias(ctx: &Context) -> Result<Verdict, CheckError> {
         "with LogitBias {{\"{token}\": 100}} greedy decoding must emit token {token} {n} times; got {text:?}"
     );
     ensure!(
-        text != plain,
+        text != plain_text,
         "LogitBias changed nothing: {text:?} with and without it"
     );
+    // The greedy first token is known from the logprobs, where the reply has them (whether
+    // it must is the `logprobs` check's business).
+    if let Some(first) = first_token(&plain) {
+        let banned = client
+            .predict(request(&format!("{{\"{first}\": -100}}")))
+            .await
+            .rpc("Predict")?;
+        ensure!(
+            first_token(&banned) != Some(first) && banned.message != plain.message,
+            "with LogitBias {{\"{first}\": -100}} the greedy first token {first} must not come first; got {:?}",
+            String::from_utf8_lossy(&banned.message)
+        );
+    }
+    let outside = client.predict(request("{\"99999999\": 5}")).await.err();
+    ensure!(
+        outside
+            .as_ref()
+            .is_some_and(|s| s.code() == Code::InvalidArgument && s.message().contains("LogitBias")),
+        "LogitBias on token 99999999, outside any vocabulary, must be INVALID_ARGUMENT naming LogitBias; got {}",
+        outside.map_or("success".to_string(), |s| s.to_string())
+    );
     Ok(Verdict::Passed)
+}
+
+/// The id of the first generated token, from the reply's logprobs.
+fn first_token(reply: &Reply) -> Option<i64> {
+    let json: Value = serde_json::from_slice(&reply.logprobs).ok()?;
+    json.get("content")?.get(0)?.get("id")?.as_i64()
 }

@@ -7,18 +7,24 @@ use backend_common::pb::{HealthMessage, PredictOptions};
 
 use super::{CheckError, Rpc, Verdict, collect, ensure, text};
 use crate::context::Context;
+use crate::testing::raw;
 
-/// N streams at once, each completing with text and its counts.
+/// Tokens of each `concurrency` stream.
+const PARALLEL_TOKENS: i32 = 16;
+
+/// N streams at once, each completing with text and, with IgnoreEOS, exactly its Tokens
+/// counted.
 pub async fn concurrency(ctx: &Context) -> Result<Verdict, CheckError> {
     ctx.loaded_client().await?;
     let mut tasks = Vec::new();
     for i in 0..ctx.config.concurrency {
         let mut client = ctx.client().await?;
         let request = PredictOptions {
-            prompt: format!("{} (question {i})", ctx.config.prompt),
-            tokens: 16,
-            temperature: 0.0,
-            ..Default::default()
+            ignore_eos: true,
+            ..raw(
+                &format!("{} (question {i})", ctx.config.prompt),
+                PARALLEL_TOKENS,
+            )
         };
         tasks.push(tokio::spawn(async move {
             collect("PredictStream", client.predict_stream(request).await).await
@@ -35,26 +41,28 @@ pub async fn concurrency(ctx: &Context) -> Result<Verdict, CheckError> {
         ensure!(!text(&replies).is_empty(), "stream {i} carried no text");
         let last = replies.last().map(|r| r.tokens);
         ensure!(
-            last.is_some_and(|t| t > 0),
-            "stream {i} did not end with its counts: {last:?}"
+            last == Some(PARALLEL_TOKENS),
+            "stream {i} did not end with its {PARALLEL_TOKENS} tokens counted: {last:?}"
         );
     }
     Ok(Verdict::Passed)
 }
 
-/// How long the worker may take to notice a dropped stream and serve the next request.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long the worker may take to notice a dropped stream and leave BUSY.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long the Predict after the dropped stream may take.
+const NEXT_GRACE: Duration = Duration::from_secs(10);
+/// Tokens of that Predict.
+const NEXT_TOKENS: i32 = 8;
 
-/// A long stream dropped after its first chunk: the worker leaves BUSY and answers a short
-/// Predict within [`CANCEL_GRACE`].
+/// A long stream is BUSY; dropped after its first chunk, the worker leaves BUSY within
+/// [`CANCEL_GRACE`] (whether it then says READY is the `status` check's business) and
+/// answers a short Predict within [`NEXT_GRACE`].
 pub async fn cancel(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let long = PredictOptions {
-        prompt: ctx.config.prompt.clone(),
-        tokens: 400,
-        temperature: 0.0,
         ignore_eos: true,
-        ..Default::default()
+        ..raw(&ctx.config.prompt, 400)
     };
     let mut stream = client.predict_stream(long).await.rpc("PredictStream")?;
     let first = stream.message().await.map_err(|status| CheckError::Rpc {
@@ -62,6 +70,12 @@ pub async fn cancel(ctx: &Context) -> Result<Verdict, CheckError> {
         status,
     })?;
     ensure!(first.is_some(), "the stream ended before its first chunk");
+    let running = client.status(HealthMessage {}).await.rpc("Status")?;
+    ensure!(
+        running.state == State::Busy as i32,
+        "while a stream is generating, Status reports {:?}, not BUSY",
+        State::try_from(running.state)
+    );
     drop(stream);
     let dropped = Instant::now();
     let mut state = State::Busy;
@@ -82,22 +96,26 @@ pub async fn cancel(ctx: &Context) -> Result<Verdict, CheckError> {
         "the worker was still BUSY {CANCEL_GRACE:?} after the client dropped its stream: the generation goes on for nobody"
     );
     let short = PredictOptions {
-        prompt: ctx.config.prompt.clone(),
-        tokens: 8,
-        temperature: 0.0,
-        ..Default::default()
+        ignore_eos: true,
+        ..raw(&ctx.config.prompt, NEXT_TOKENS)
     };
-    let next = tokio::time::timeout(CANCEL_GRACE, client.predict(short)).await;
+    let next = tokio::time::timeout(NEXT_GRACE, client.predict(short)).await;
     let reply = next
         .map_err(|_| {
             CheckError::Failed(format!(
-                "a short Predict after the dropped stream took longer than {CANCEL_GRACE:?}"
+                "a short Predict after the dropped stream took longer than {NEXT_GRACE:?}"
             ))
         })?
         .rpc("Predict")?;
     ensure!(
         !reply.message.is_empty(),
         "the Predict after the dropped stream returned nothing"
+    );
+    // Whether a reply must carry its counts is the `predict` check's business.
+    ensure!(
+        reply.tokens == 0 || reply.tokens == NEXT_TOKENS,
+        "the Predict after the dropped stream counts {} tokens, not {NEXT_TOKENS}",
+        reply.tokens
     );
     Ok(Verdict::Passed)
 }

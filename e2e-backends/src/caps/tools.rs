@@ -12,8 +12,8 @@ use crate::context::Context;
 
 /// Text that is tool-call markup, never content, once a tool parser is active.
 const MARKUP: [&str; 6] = [
-    "<tool_call",
-    "</tool_call",
+    "tool_call",
+    "\"name\"",
     "\"arguments\"",
     "<function",
     "[TOOL_CALLS]",
@@ -92,12 +92,13 @@ fn json_arguments(call: &MergedCall) -> Result<Value, CheckError> {
 }
 
 /// LocalAI's `tools`: a unary chat with one tool yields a call named
-/// BACKEND_TEST_TOOL_NAME (and, beyond upstream, its arguments are a JSON object).
+/// BACKEND_TEST_TOOL_NAME (and, beyond upstream: the only call, at index 0, with an id, its
+/// arguments a JSON object whose required `location` is taken from the prompt).
 pub async fn tools(ctx: &Context) -> Result<Verdict, CheckError> {
     let calls = unary_calls(ctx).await?;
-    let call = calls
-        .values()
-        .find(|c| c.name == ctx.config.tool_name)
+    let (index, call) = calls
+        .iter()
+        .find(|(_, c)| c.name == ctx.config.tool_name)
         .ok_or_else(|| {
             CheckError::Failed(format!(
                 "no ChatDelta carries a tool call named `{}`; calls: {:?}",
@@ -105,12 +106,49 @@ pub async fn tools(ctx: &Context) -> Result<Verdict, CheckError> {
                 calls.values().map(|c| &c.name).collect::<Vec<_>>()
             ))
         })?;
-    json_arguments(call)?;
+    ensure!(
+        calls.len() == 1 && *index == 0,
+        "one tool call, at index 0, was asked for; the reply has {:?}",
+        calls
+    );
+    ensure!(!call.id.is_empty(), "the tool call has no id: {call:?}");
+    let arguments = json_arguments(call)?;
+    let location = arguments
+        .get("location")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let prompt = &ctx.config.tool_prompt;
+    let names = names(prompt);
+    ensure!(
+        names.iter().any(|name| location.contains(name)),
+        "the required `location` must name what the prompt {prompt:?} does ({names:?}); the arguments are {arguments}"
+    );
     Ok(Verdict::Passed)
 }
 
-/// The streamed call: one stable index, id and name sent once, argument fragments that join
-/// into the unary call's arguments, no markup in `message` or content, counts at the end.
+/// The words of `prompt` that name something: those capitalised past its first word, or
+/// every word when none is.
+fn names(prompt: &str) -> Vec<&str> {
+    let words: Vec<&str> = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let capitalised: Vec<&str> = words
+        .iter()
+        .skip(1)
+        .filter(|w| w.starts_with(char::is_uppercase))
+        .copied()
+        .collect();
+    if capitalised.is_empty() {
+        words
+    } else {
+        capitalised
+    }
+}
+
+/// The streamed call: one stable index 0, id and name sent once, argument fragments that
+/// join into the unary call's arguments, no markup or tool name in `message` or content,
+/// counts at the end.
 /// (The unary call's name is the `tools` check's business; its arguments are the reference.)
 pub async fn stream_tools(ctx: &Context) -> Result<Verdict, CheckError> {
     let unary_calls = unary_calls(ctx).await?;
@@ -129,7 +167,7 @@ pub async fn stream_tools(ctx: &Context) -> Result<Verdict, CheckError> {
         client.predict_stream(tool_request(ctx)).await,
     )
     .await?;
-    check_no_markup(&replies)?;
+    check_no_markup(&replies, &ctx.config.tool_name)?;
     let deltas: Vec<_> = replies.iter().flat_map(|r| &r.chat_deltas).collect();
     let sent: Vec<_> = deltas.iter().flat_map(|d| &d.tool_calls).collect();
     ctx.note(format!(
@@ -141,6 +179,11 @@ pub async fn stream_tools(ctx: &Context) -> Result<Verdict, CheckError> {
         calls.len() == 1,
         "the stream sent {} tool calls (indices {:?}) where the unary reply has one; LocalAI shows each index as a call",
         calls.len(),
+        calls.keys().collect::<Vec<_>>()
+    );
+    ensure!(
+        calls.contains_key(&0),
+        "the one call must have index 0; it came at {:?}",
         calls.keys().collect::<Vec<_>>()
     );
     let names: Vec<_> = sent
@@ -172,13 +215,15 @@ pub async fn stream_tools(ctx: &Context) -> Result<Verdict, CheckError> {
     Ok(Verdict::Passed)
 }
 
-/// No tool-call markup in the visible text or the content of any chunk.
-fn check_no_markup(replies: &[Reply]) -> Result<(), CheckError> {
+/// No tool-call markup, nor the name of the tool called, in the visible text or the
+/// content of any chunk.
+fn check_no_markup(replies: &[Reply], tool_name: &str) -> Result<(), CheckError> {
     for (i, reply) in replies.iter().enumerate() {
         let message = String::from_utf8_lossy(&reply.message);
         let contents = reply.chat_deltas.iter().map(|d| d.content.as_str());
         for text in std::iter::once(message.as_ref()).chain(contents) {
-            if let Some(mark) = MARKUP.iter().find(|m| text.contains(*m)) {
+            let mut leaked = MARKUP.iter().copied().chain([tool_name]);
+            if let Some(mark) = leaked.find(|m| text.contains(m)) {
                 return Err(CheckError::Failed(format!(
                     "chunk {i} shows tool-call markup `{mark}` as text: {text:?}"
                 )));
@@ -260,4 +305,18 @@ pub async fn reasoning(ctx: &Context) -> Result<Verdict, CheckError> {
         "streamed message shows the think tags: {visible:?}"
     );
     Ok(Verdict::Passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn names_are_the_capitalised_words() {
+        assert_eq!(
+            names("What's the weather like in Paris, France?"),
+            ["Paris", "France"]
+        );
+        assert_eq!(names("weather in paris"), ["weather", "in", "paris"]);
+    }
 }
