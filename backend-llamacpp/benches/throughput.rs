@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use backend_common::pb::{ModelOptions, PredictOptions};
-use e2e_backends::testing::{Timing, bench_prompt, timed_stream};
+use e2e_backends::testing::{Timing, bench_prompt, bench_worker, timed_stream};
 use e2e_backends::worker::Worker;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -81,28 +81,15 @@ fn request(prompt: String, tokens: u32) -> PredictOptions {
 
 /// Starts `binary` and loads the model as every measured worker is loaded.
 async fn start_loaded(binary: &Path, model: &Path, threads: i32) -> Result<Worker> {
-    let worker = Worker::start(
-        binary,
-        &[("RUST_LOG", "warn")],
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .with_context(|| format!("starting {}", binary.display()))?;
-    let mut client = worker.client(None).await?;
-    let loaded = client
-        .load_model(ModelOptions {
-            model_file: model.display().to_string(),
-            context_size: CONTEXT as i32,
-            n_batch: BATCH as i32,
-            threads,
-            options: vec!["parallel:8".into()],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    anyhow::ensure!(loaded.success, "{}", loaded.message);
-    Ok(worker)
+    let options = ModelOptions {
+        model_file: model.display().to_string(),
+        context_size: CONTEXT as i32,
+        n_batch: BATCH as i32,
+        threads,
+        options: vec!["parallel:8".into()],
+        ..Default::default()
+    };
+    Ok(bench_worker(binary, options).await?.0)
 }
 
 /// Streams through the worker; timings as the worker reports them on the last chunk.

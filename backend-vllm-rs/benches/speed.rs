@@ -14,15 +14,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
 
 use backend_common::pb::{ModelOptions, PredictOptions};
 use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
 use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
-use e2e_backends::testing::{Timing, bench_prompt, timed_stream};
-use e2e_backends::worker::Worker;
+use e2e_backends::testing::{Timing, bench_prompt, bench_worker, timed_stream};
 
 const CONTEXT: i32 = 1024;
 const NEW_TOKENS: i32 = 32;
@@ -48,27 +47,14 @@ async fn measure_worker(
     threads: i32,
     rounds: usize,
 ) -> Result<Measured> {
-    let worker = Worker::start(
-        binary,
-        &[("RUST_LOG", "warn")],
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .with_context(|| format!("starting {}", binary.display()))?;
+    let options = ModelOptions {
+        model_file: model.display().to_string(),
+        context_size: CONTEXT,
+        threads,
+        ..Default::default()
+    };
+    let (worker, load_s) = bench_worker(binary, options).await?;
     let mut client = worker.client(None).await?;
-    let started = Instant::now();
-    let loaded = client
-        .load_model(ModelOptions {
-            model_file: model.display().to_string(),
-            context_size: CONTEXT,
-            threads,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let load_s = started.elapsed().as_secs_f64();
-    anyhow::ensure!(loaded.success, "{}", loaded.message);
     let mut runs = Vec::new();
     for _ in 0..rounds {
         let request = PredictOptions {

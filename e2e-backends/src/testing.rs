@@ -183,6 +183,26 @@ impl Timing {
     }
 }
 
+/// Starts `binary` for a benchmark (its logs at `warn`) and loads `options` on it; returns
+/// the worker and the seconds LoadModel took.
+pub async fn bench_worker(binary: &Path, options: ModelOptions) -> anyhow::Result<(Worker, f64)> {
+    use anyhow::Context;
+    let worker = Worker::start(
+        binary,
+        &[("RUST_LOG", "warn")],
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("starting {}", binary.display()))?;
+    let mut client = worker.client(None).await?;
+    let started = std::time::Instant::now();
+    let loaded = client.load_model(options).await?.into_inner();
+    let load_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(loaded.success, "{}", loaded.message);
+    Ok((worker, load_s))
+}
+
 /// Streams `req` and returns the timings the worker reports on the last chunk.
 pub async fn timed_stream(client: &mut Client, req: PredictOptions) -> anyhow::Result<Timing> {
     let mut stream = client.predict_stream(req).await?.into_inner();
