@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use backend_common::pb::{ModelOptions, PredictOptions};
-use e2e_backends::testing::{Timing, bench_prompt, bench_worker, timed_stream};
+use e2e_backends::testing::{Timing, bench_prompt, bench_settings, bench_worker, timed_stream};
 use e2e_backends::worker::Worker;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -131,14 +131,7 @@ async fn main() -> Result<()> {
     let model = std::env::var_os("BENCH_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
-    let threads: i32 = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let (threads, rounds) = bench_settings(3);
     println!(
         "model {}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}",
         model.display()

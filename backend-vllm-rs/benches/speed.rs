@@ -21,7 +21,7 @@ use backend_common::pb::{ModelOptions, PredictOptions};
 use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
 use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
-use e2e_backends::testing::{Timing, bench_prompt, bench_worker, timed_stream};
+use e2e_backends::testing::{Timing, bench_prompt, bench_settings, bench_worker, timed_stream};
 
 const CONTEXT: i32 = 1024;
 const NEW_TOKENS: i32 = 32;
@@ -130,14 +130,7 @@ fn folder_decode(dir: &Path, prompt_len: usize, rounds: usize) -> Result<(f64, u
 async fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    let threads: i32 = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
+    let (threads, rounds) = bench_settings(2);
     let ours_bin = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
     let llama_bin = ours_bin.with_file_name("backend-llamacpp");
     anyhow::ensure!(

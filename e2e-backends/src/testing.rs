@@ -183,6 +183,20 @@ impl Timing {
     }
 }
 
+/// `BENCH_THREADS` (default: one per core) and `BENCH_ROUNDS` (default `rounds`), as the
+/// benchmarks read them.
+pub fn bench_settings(rounds: usize) -> (i32, usize) {
+    let threads = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
+    (threads, rounds)
+}
+
 /// Starts `binary` for a benchmark (its logs at `warn`) and loads `options` on it; returns
 /// the worker and the seconds LoadModel took.
 pub async fn bench_worker(binary: &Path, options: ModelOptions) -> anyhow::Result<(Worker, f64)> {
