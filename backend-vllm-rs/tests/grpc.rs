@@ -36,7 +36,7 @@ async fn qwen_answers_paris_like_llamacpp() {
         reply.tokens,
         reply.timing_token_generation
     );
-    // llama.cpp's greedy answer on the same GGUF (shared/models/README.md).
+    // The answer llama.cpp gives greedily on the same GGUF and chat.
     assert_eq!(answer, "The capital of France is Paris.");
     assert_eq!(reply.chat_deltas.len(), 1);
     assert_eq!(reply.chat_deltas[0].content, answer);
