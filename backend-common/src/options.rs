@@ -2,8 +2,10 @@
 //!
 //! Each entry is split on its FIRST colon only, so values such as `host:port` or
 //! `--flag:value` survive (LocalAI's C++ backend cuts them; we do not). A bare `key` means
-//! `true`. Getters are typed and report the key and the offending value; unknown keys are
-//! only logged, because LocalAI configs are shared across backends.
+//! `true`. A key may be written as vLLM's command-line flag: `--max-num-seqs` reads as
+//! `max_num_seqs` (leading dashes dropped, inner dashes read as underscores). Getters are
+//! typed and report the key as written and the offending value; unknown keys are only
+//! logged, because LocalAI configs are shared across backends.
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -22,7 +24,13 @@ pub struct OptionError {
 /// Parsed `key:value` options; the last occurrence of a key wins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
-    entries: BTreeMap<String, String>,
+    /// By normalised key: the key as written, and the value.
+    entries: BTreeMap<String, (String, String)>,
+}
+
+/// The key `key` stands for: `--max-num-seqs` and `max_num_seqs` are one option.
+fn normalise(key: &str) -> String {
+    key.trim_start_matches('-').replace('-', "_")
 }
 
 impl Options {
@@ -38,10 +46,11 @@ impl Options {
                 Some((k, v)) => (k.trim(), v.trim()),
                 None => (item, "true"),
             };
-            if key.is_empty() {
+            let name = normalise(key);
+            if name.is_empty() {
                 continue;
             }
-            entries.insert(key.to_string(), value.to_string());
+            entries.insert(name, (key.to_string(), value.to_string()));
         }
         Options { entries }
     }
@@ -51,8 +60,8 @@ impl Options {
     pub fn get_str(&self, keys: &[&str]) -> Option<(&str, &str)> {
         keys.iter().find_map(|k| {
             self.entries
-                .get_key_value(*k)
-                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .get(*k)
+                .map(|(written, v)| (written.as_str(), v.as_str()))
         })
     }
 
@@ -108,12 +117,12 @@ impl Options {
         })
     }
 
-    /// Keys present that are not in `known`.
+    /// Keys present (as written) whose option is not in `known`.
     pub fn unknown_keys<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
         self.entries
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !known.contains(k))
+            .iter()
+            .filter(|(name, _)| !known.contains(&name.as_str()))
+            .map(|(_, (written, _))| written.as_str())
             .collect()
     }
 
@@ -188,6 +197,24 @@ mod tests {
     fn unknown_keys_are_listed_not_fatal() {
         let o = Options::parse(&["a:1", "b", "c:x"]);
         assert_eq!(o.unknown_keys(&["a"]), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn vllm_flag_spelling_reads_as_the_option() {
+        let o = Options::parse(&["--max-num-seqs:8", "--enable-prefix-caching:false", "--x"]);
+        assert_eq!(o.get_int::<u32>(&["max_num_seqs"]), Ok(Some(8)));
+        assert_eq!(o.get_bool(&["enable_prefix_caching"]), Ok(Some(false)));
+        assert_eq!(o.get_bool(&["x"]), Ok(Some(true)));
+        // Messages and the unknown list name the key as written.
+        let e = Options::parse(&["--block-size:big"])
+            .get_int::<u32>(&["block_size"])
+            .unwrap_err();
+        assert_eq!(e.key, "--block-size");
+        assert_eq!(
+            o.unknown_keys(&["max_num_seqs", "x"]),
+            vec!["--enable-prefix-caching"]
+        );
+        assert!(Options::parse(&["--:1", "-"]).is_empty());
     }
 
     #[test]
