@@ -216,9 +216,10 @@ async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
     let warm = client.predict(second).await.unwrap().into_inner();
     assert!(cold.prompt_tokens > 300, "{}", cold.prompt_tokens);
     assert_eq!(warm.prompt_tokens, fresh.prompt_tokens);
-    // Only the few new tokens were evaluated: a fraction of the cold prompt's time.
+    // Only the few new tokens were evaluated: a fraction of the cold prompt's time (about a
+    // tenth on a quiet machine; half leaves room for the tests running beside this one).
     assert!(
-        warm.timing_prompt_processing * 4.0 < cold.timing_prompt_processing,
+        warm.timing_prompt_processing * 2.0 < cold.timing_prompt_processing,
         "warm {} ms vs cold {} ms",
         warm.timing_prompt_processing,
         cold.timing_prompt_processing

@@ -20,7 +20,7 @@ use candle_core::{DType, Device};
 use backend_common::pb::{ModelOptions, PredictOptions};
 use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
-use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
+use backend_vllm_rs::model::{Model, SingleSequence};
 use e2e_backends::testing::{Timing, bench_prompt, bench_settings, bench_worker, timed_stream};
 
 const CONTEXT: i32 = 1024;
@@ -109,17 +109,11 @@ fn folder_decode(dir: &Path, prompt_len: usize, rounds: usize) -> Result<(f64, u
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + i).collect();
     let mut best = 0f64;
     for _ in 0..rounds {
-        let mut cache = SeqCache::new();
-        model.forward(&mut [BatchItem {
-            tokens: &prompt,
-            cache: &mut cache,
-        }])?;
+        let mut seq = SingleSequence::new(&model, prompt_len + NEW_TOKENS as usize)?;
+        seq.feed(&model, &prompt)?;
         let start = Instant::now();
         for step in 0..NEW_TOKENS as u32 - 1 {
-            model.forward(&mut [BatchItem {
-                tokens: &[2000 + step],
-                cache: &mut cache,
-            }])?;
+            seq.feed(&model, &[2000 + step])?;
         }
         best = best.max((NEW_TOKENS - 1) as f64 / start.elapsed().as_secs_f64());
     }

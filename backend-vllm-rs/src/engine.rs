@@ -1,37 +1,35 @@
 //! [`CandleEngine`]: the candle implementation of the shared [`Engine`] trait.
 //!
-//! One request generates at a time (a lock around the decode loop); continuous batching of
-//! concurrent requests through [`Model::forward`]'s batches is the scheduler's job, a later
-//! step that needs no change to the model code.
+//! Loading sizes the paged KV cache and starts the [`EngineThread`] that owns the model;
+//! every request then runs through that thread's scheduler, batched with the others.
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 
 use backend_common::engine::{
-    Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
-    LoadedModel, MemoryReport, ModelInfo, TokenSink,
+    Engine, EngineError, GenerationRequest, GenerationStats, LoadedModel, MemoryReport, ModelInfo,
+    TokenSink,
 };
 use backend_common::load::{self, LoadRequest};
 use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
+use engine_core::SchedulerConfig;
+
+use crate::engine_thread::EngineThread;
 use crate::gguf::GgufFile;
 use crate::hf::{self, HfFolder};
-use crate::model::{BatchItem, CPU_COMPUTE_DTYPE, Model, ModelConfig, ModelError, SeqCache};
-use crate::sampler::{Sampler, token_logprob};
-use crate::settings::{self, LoadSettings};
+use crate::model::{CPU_COMPUTE_DTYPE, KvCache, Model, ModelConfig, ModelError};
+use crate::settings::{self, CoreSettings, LoadSettings};
 use crate::tokenizer::ModelTokenizer;
 
-/// Prompt tokens run in one forward; bounds the attention scores' memory on long prompts.
-const PREFILL_CHUNK: usize = 512;
-
-/// A loaded model and what serving it needs.
+/// A loaded model: the thread that runs it, and its tokenizer for the handlers.
 pub struct CandleModel {
-    model: Model,
-    tokenizer: ModelTokenizer,
-    memory: MemoryReport,
-    decode: Mutex<()>,
+    engine: EngineThread,
+    tokenizer: Arc<ModelTokenizer>,
+    weight_bytes: u64,
+    kv_bytes: u64,
 }
 
 /// The candle engine.
@@ -60,7 +58,8 @@ pub struct CandlePlan {
     reader: Reader,
     prepared: Prepared,
     max_len: usize,
-    kv_bytes: u64,
+    core: CoreSettings,
+    kv_blocks: usize,
 }
 
 fn internal(e: ModelError) -> EngineError {
@@ -219,26 +218,37 @@ impl Engine for CandleEngine {
         let (reader, prepared) = prepare(&source, settings.dtype)?;
         let config = &prepared.config;
         let max_len = settings.effective_max_len(config.context_length)?;
-        let kv_bytes = max_len as u64 * config.kv_bytes_per_token(CPU_COMPUTE_DTYPE);
-        if let Some(total) = machine_memory() {
-            let budget = (total as f64 * settings.memory_utilization) as u64;
-            let weights = prepared.weight_bytes;
-            if weights + kv_bytes > budget {
-                return Err(EngineError::ResourceExhausted(format!(
-                    "{} MiB of weights and {} MiB of KV cache for max_model_len {max_len} exceed gpu_memory_utilization {} of {} MiB; lower max_model_len or raise gpu_memory_utilization",
-                    weights >> 20,
-                    kv_bytes >> 20,
-                    settings.memory_utilization,
-                    total >> 20
-                )));
-            }
+        let core = settings.core.clone();
+        let total = machine_memory();
+        let budget = total.map(|t| (t as f64 * settings.memory_utilization) as u64);
+        let weights = prepared.weight_bytes;
+        let kv_bytes = core.kv_bytes(budget, weights);
+        let block_bytes = KvCache::block_bytes(config, CPU_COMPUTE_DTYPE, core.block_size);
+        let kv_blocks = (kv_bytes / block_bytes) as usize;
+        if let (Some(total), Some(budget)) = (total, budget)
+            && weights + kv_bytes > budget
+        {
+            return Err(EngineError::ResourceExhausted(format!(
+                "{} MiB of weights and {} MiB of KV cache exceed gpu_memory_utilization {} of {} MiB; lower kv_cache_memory or raise gpu_memory_utilization",
+                weights >> 20,
+                kv_bytes >> 20,
+                settings.memory_utilization,
+                total >> 20
+            )));
+        }
+        if kv_blocks == 0 {
+            return Err(EngineError::ResourceExhausted(format!(
+                "a KV cache of {kv_bytes} bytes holds no block of {} positions ({block_bytes} bytes for this model); raise kv_cache_memory",
+                core.block_size
+            )));
         }
         Ok(CandlePlan {
             path,
             reader,
             prepared,
             max_len,
-            kv_bytes,
+            core,
+            kv_blocks,
         })
     }
 
@@ -249,7 +259,8 @@ impl Engine for CandleEngine {
             reader,
             prepared,
             max_len,
-            kv_bytes,
+            core,
+            kv_blocks,
         } = plan;
         let config = prepared.config.clone();
         let weights = match reader {
@@ -261,26 +272,43 @@ impl Engine for CandleEngine {
                 .map_err(|e| invalid_model(&path)(e.to_string()))?,
         };
         let model = Model::new(config, weights, max_len, &self.device).map_err(internal)?;
-        let memory = MemoryReport {
-            parts: vec![
-                ("weights".to_string(), model.weight_bytes()),
-                ("kv_cache".to_string(), kv_bytes),
-            ],
-        };
+        let kv = model
+            .kv_cache(kv_blocks, core.block_size)
+            .map_err(internal)?;
+        let kv_bytes = kv_blocks as u64
+            * KvCache::block_bytes(model.config(), CPU_COMPUTE_DTYPE, core.block_size);
+        let weight_bytes = model.weight_bytes();
         tracing::info!(
             arch = ?model.config().arch,
             layers = model.config().layers,
             weights = ?prepared.weight_dtype,
             max_len,
+            kv_blocks,
+            block_size = core.block_size,
+            kv_mib = kv_bytes >> 20,
+            max_num_seqs = core.max_num_seqs,
+            max_num_batched_tokens = core.max_num_batched_tokens,
+            prefix_caching = core.prefix_caching,
             ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
         let info = prepared.info(max_len);
+        let tokenizer = Arc::new(prepared.tokenizer);
+        let scheduler = SchedulerConfig {
+            block_size: core.block_size,
+            num_blocks: kv_blocks,
+            max_num_seqs: core.max_num_seqs,
+            max_num_batched_tokens: core.max_num_batched_tokens,
+            max_model_len: max_len,
+            prefix_caching: core.prefix_caching,
+        };
+        let engine = EngineThread::start(model, kv, scheduler, tokenizer.clone())
+            .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         let loaded = CandleModel {
-            model,
-            tokenizer: prepared.tokenizer,
-            memory,
-            decode: Mutex::new(()),
+            engine,
+            tokenizer,
+            weight_bytes,
+            kv_bytes,
         };
         Ok((loaded, info))
     }
@@ -308,74 +336,30 @@ impl LoadedModel for CandleModel {
                 "constrained decoding (Grammar, forced ToolChoice)",
             ));
         }
-        let tokenizer = &self.tokenizer;
-        let model = &self.model;
-        let prompt: Vec<u32> = request.prompt.iter().map(|&id| id as u32).collect();
-        let max_len = model.max_positions();
-        let vocab = model.config().vocab;
-        let mut sampler = Sampler::new(request, vocab, tokenizer.eog());
-        let _turn = self.decode.lock().unwrap_or_else(|e| e.into_inner());
-        let started = Instant::now();
-        let mut cache = SeqCache::new();
-        let mut logits = None;
-        for chunk in prompt.chunks(PREFILL_CHUNK) {
-            let mut batch = [BatchItem {
-                tokens: chunk,
-                cache: &mut cache,
-            }];
-            logits = Some(model.forward(&mut batch).map_err(internal)?);
-        }
-        let mut first_token = None;
-        let mut generated = 0u32;
-        let finish = loop {
-            let Some(current) = logits.take() else {
-                return Err(EngineError::Internal("no logits after the prompt".into()));
-            };
-            let mut row: Vec<f32> = current
-                .squeeze(0)
-                .and_then(|r| r.to_vec1())
-                .map_err(|e| internal(e.into()))?;
-            let raw = request.logprobs.map(|top| (row.clone(), top));
-            let token = sampler.sample(&mut row);
-            first_token.get_or_insert_with(Instant::now);
-            generated += 1;
-            if tokenizer.is_eog(token) && !request.ignore_eos {
-                break FinishReason::Eos;
-            }
-            let logprob = raw.map(|(raw, top)| {
-                token_logprob(&raw, token, top, |id| tokenizer.piece(id).to_vec())
-            });
-            let flow = sink.token(GeneratedToken {
-                id: token as i32,
-                piece: tokenizer.piece(token).to_vec(),
-                special: tokenizer.is_control(token),
-                logprob,
-            });
-            if flow == Flow::Stop {
-                break FinishReason::Stopped;
-            }
-            if request.max_tokens.is_some_and(|max| generated >= max) || cache.len() >= max_len {
-                break FinishReason::Length;
-            }
-            let next = [token];
-            let mut batch = [BatchItem {
-                tokens: &next,
-                cache: &mut cache,
-            }];
-            logits = Some(model.forward(&mut batch).map_err(internal)?);
-        };
-        let end = Instant::now();
-        let first = first_token.unwrap_or(end);
-        Ok(GenerationStats {
-            prompt_tokens: prompt.len() as u32,
-            completion_tokens: generated,
-            prompt_ms: first.duration_since(started).as_secs_f64() * 1000.0,
-            generation_ms: end.duration_since(first).as_secs_f64() * 1000.0,
-            finish,
-        })
+        self.engine.generate(request, sink)
     }
 
     fn memory(&self) -> MemoryReport {
-        self.memory.clone()
+        let kv = self.engine.stats();
+        let hit_percent = (kv.prefix_hit_tokens * 100)
+            .checked_div(kv.prefix_queried_tokens)
+            .unwrap_or(0);
+        let parts = [
+            ("weights", self.weight_bytes),
+            ("kv_cache", self.kv_bytes),
+            ("kv_blocks_total", kv.blocks_total as u64),
+            ("kv_blocks_used", kv.blocks_used as u64),
+            ("kv_blocks_cached", kv.blocks_cached as u64),
+            ("kv_block_size", kv.block_size as u64),
+            ("prefix_cache_queried_tokens", kv.prefix_queried_tokens),
+            ("prefix_cache_hit_tokens", kv.prefix_hit_tokens),
+            ("prefix_cache_hit_percent", hit_percent),
+            ("preemptions", kv.preemptions),
+            ("requests_running", kv.running as u64),
+            ("requests_waiting", kv.waiting as u64),
+        ];
+        MemoryReport {
+            parts: parts.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        }
     }
 }

@@ -5,10 +5,12 @@
 //! in one forward; [`gguf`] loads quantized GGUF weights and [`hf`] Hugging Face folders,
 //! [`tokenizer`] rebuilds the model's tokenizer from GGUF metadata or reads `tokenizer.json`;
 //! [`export`] writes a GGUF out as a Hugging Face folder; [`engine`] serves them through
-//! backend-common's gRPC service, chat templates and parsers.
+//! backend-common's gRPC service, chat templates and parsers, every request batched with
+//! the others by [`engine_thread`] under engine-core's scheduler and paged KV cache.
 
 pub mod bf16_matmul;
 pub mod engine;
+pub mod engine_thread;
 pub mod export;
 pub mod gguf;
 pub mod hf;

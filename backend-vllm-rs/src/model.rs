@@ -2,10 +2,9 @@
 //!
 //! One [`Model::forward`] runs any number of sequences, each at its own position: their new
 //! tokens are packed into one `(tokens, hidden)` matrix so every weight matmul is done once
-//! for the whole batch (the cost that dominates), while attention runs per sequence against
-//! that sequence's own [`SeqCache`]. This is the layout of vLLM's varlen attention, with a
-//! contiguous cache per sequence; a paged cache can replace [`SeqCache`] without changing
-//! the weights' side.
+//! for the whole batch (the cost that dominates), while attention runs per sequence over
+//! that sequence's keys and values, read from the paged [`KvCache`] through its block table.
+//! This is the layout of vLLM's varlen paged attention.
 //!
 //! Per layer (pre-norm): `x += Wo · attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x))`, then
 //! `x += Wdown · (silu(Wgate·n(x)) ⊙ Wup·n(x))`, with RMSNorm `n`, rotary embeddings in
@@ -211,87 +210,136 @@ pub struct Weights {
     pub dtype: DType,
 }
 
-/// Key/value cache of one sequence: `(kv_heads, capacity, head_dim)` per layer, filled up
-/// to `len` positions.
-pub struct SeqCache {
+/// The paged KV cache: for every layer, the keys and the values of every block, each
+/// `(kv_heads, blocks * block_size, head_dim)`. Position `p` of a sequence is row
+/// `block_table[p / block_size] * block_size + p % block_size` of that middle axis, so a
+/// block's rows are contiguous per head, and a sequence whose blocks are consecutive reads
+/// its keys as one slice (no copy), as a contiguous cache would.
+pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-    capacity: usize,
+    block_size: usize,
+    blocks: usize,
 }
 
-/// Positions a cache grows by at least, so appends rarely reallocate.
-const CACHE_CHUNK: usize = 256;
-
-impl SeqCache {
-    /// An empty cache for `config`.
-    pub fn new() -> Self {
-        SeqCache {
-            layers: Vec::new(),
-            len: 0,
-            capacity: 0,
-        }
+impl KvCache {
+    /// A cache of `blocks` blocks of `block_size` positions for `config`, zeroed (memory is
+    /// committed by the OS as blocks are first written).
+    pub fn new(
+        config: &ModelConfig,
+        dtype: DType,
+        blocks: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let shape = (config.kv_heads, blocks * block_size, config.head_dim);
+        let layers = (0..config.layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            block_size,
+            blocks,
+        })
     }
 
-    /// Positions held.
+    /// Bytes one block takes (keys and values of all layers).
+    pub fn block_bytes(config: &ModelConfig, dtype: DType, block_size: usize) -> u64 {
+        block_size as u64 * config.kv_bytes_per_token(dtype)
+    }
+
+    /// Writes the keys or values `new` (`(kv_heads, n, head_dim)`, positions `start..start
+    /// + n`) of one layer through `table`, one contiguous run per block touched.
+    fn write(&self, cache: &Tensor, new: &Tensor, start: usize, table: &[u32]) -> Result<()> {
+        let bs = self.block_size;
+        let n = new.dim(1)?;
+        let mut done = 0;
+        while done < n {
+            let p = start + done;
+            let run = (bs - p % bs).min(n - done);
+            let row = table[p / bs] as usize * bs + p % bs;
+            cache.slice_set(&new.narrow(1, done, run)?.contiguous()?, 1, row)?;
+            done += run;
+        }
+        Ok(())
+    }
+
+    /// The first `keys` positions of one layer's keys or values through `table`,
+    /// `(kv_heads, keys, head_dim)`: a view when the blocks are consecutive, else gathered.
+    fn read(&self, cache: &Tensor, keys: usize, table: &[u32]) -> Result<Tensor> {
+        let bs = self.block_size;
+        let used = &table[..keys.div_ceil(bs)];
+        let consecutive = used.windows(2).all(|w| w[1] == w[0] + 1);
+        if consecutive {
+            return Ok(cache.narrow(1, used[0] as usize * bs, keys)?);
+        }
+        let rows: Vec<u32> = (0..keys)
+            .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+            .collect();
+        let rows = Tensor::from_vec(rows, keys, cache.device())?;
+        Ok(cache.index_select(&rows, 1)?)
+    }
+}
+
+/// Block size of [`SingleSequence`]'s cache.
+const SINGLE_BLOCK: usize = 16;
+
+/// One sequence run without a scheduler (tests, tools): a cache of its own, blocks in order.
+pub struct SingleSequence {
+    kv: KvCache,
+    table: Vec<u32>,
+    len: usize,
+}
+
+impl SingleSequence {
+    /// A sequence of at most `capacity` positions for `model`.
+    pub fn new(model: &Model, capacity: usize) -> Result<Self> {
+        let blocks = capacity.div_ceil(SINGLE_BLOCK);
+        Ok(SingleSequence {
+            kv: model.kv_cache(blocks, SINGLE_BLOCK)?,
+            table: (0..blocks as u32).collect(),
+            len: 0,
+        })
+    }
+
+    /// Positions computed so far.
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether nothing is cached yet.
+    /// Whether nothing was computed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Makes room for `extra` more positions, at most `limit` in all.
-    fn reserve(
-        &mut self,
-        config: &ModelConfig,
-        dtype: DType,
-        extra: usize,
-        limit: usize,
-        device: &Device,
-    ) -> Result<()> {
-        let needed = self.len + extra;
-        if needed <= self.capacity {
-            return Ok(());
-        }
-        let capacity = needed
-            .max(self.capacity * 2)
-            .div_ceil(CACHE_CHUNK)
-            .saturating_mul(CACHE_CHUNK)
-            .min(limit.max(needed));
-        let shape = (config.kv_heads, capacity, config.head_dim);
-        let mut layers = Vec::with_capacity(config.layers);
-        for i in 0..config.layers {
-            let k = Tensor::zeros(shape, dtype, device)?;
-            let v = Tensor::zeros(shape, dtype, device)?;
-            if let Some((old_k, old_v)) = self.layers.get(i)
-                && self.len > 0
-            {
-                k.slice_set(&old_k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                v.slice_set(&old_v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-            }
-            layers.push((k, v));
-        }
-        self.layers = layers;
-        self.capacity = capacity;
-        Ok(())
+    /// Runs `tokens` after what was fed before; the logits after the last, `(1, vocab)`.
+    pub fn feed(&mut self, model: &Model, tokens: &[u32]) -> Result<Tensor> {
+        let item = BatchItem {
+            tokens,
+            start: self.len,
+            block_table: &self.table,
+            sample: true,
+        };
+        let logits = model.forward(&self.kv, &[item])?;
+        self.len += tokens.len();
+        logits.ok_or_else(|| ModelError(candle_core::Error::Msg("no logits".into())))
     }
 }
 
-impl Default for SeqCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One sequence of a batch: its new tokens and its cache (whose length is the position of
-/// the first new token).
+/// One sequence's part of a forward pass (see `engine_core::ScheduledSeq`).
 pub struct BatchItem<'a> {
     /// Tokens to run, in order.
     pub tokens: &'a [u32],
-    /// The sequence's cache; the new tokens are appended to it.
-    pub cache: &'a mut SeqCache,
+    /// Position of the first of them; the positions before it are in the cache.
+    pub start: usize,
+    /// The sequence's blocks, covering every position up to the last new token.
+    pub block_table: &'a [u32],
+    /// Whether the logits after the last token are wanted.
+    pub sample: bool,
 }
 
 /// A loaded model ready to run.
@@ -334,6 +382,22 @@ impl Model {
         &self.config
     }
 
+    /// An empty paged cache of `blocks` blocks of `block_size` positions for this model.
+    pub fn kv_cache(&self, blocks: usize, block_size: usize) -> Result<KvCache> {
+        KvCache::new(
+            &self.config,
+            self.weights.dtype,
+            blocks,
+            block_size,
+            &self.device,
+        )
+    }
+
+    /// The dtype of activations and of the KV cache.
+    pub fn compute_dtype(&self) -> DType {
+        self.weights.dtype
+    }
+
     /// Positions a sequence may reach.
     pub fn max_positions(&self) -> usize {
         self.max_positions
@@ -374,36 +438,43 @@ impl Model {
         }
     }
 
-    /// Runs the new tokens of every item and returns the logits after each item's last
-    /// token, `(items, vocab)` in f32. Items with no tokens are not allowed.
-    pub fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Tensor> {
+    /// Runs the new tokens of every item, writing their keys and values into `kv`, and
+    /// returns the logits after the last token of each item that samples, `(sampling items,
+    /// vocab)` in f32 (`None` when no item samples: the output layer is then skipped).
+    pub fn forward(&self, kv: &KvCache, batch: &[BatchItem<'_>]) -> Result<Option<Tensor>> {
         let cfg = &self.config;
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        let mut last_rows = Vec::with_capacity(batch.len());
-        for item in batch.iter_mut() {
-            if item.tokens.is_empty() {
-                return Err(candle_core::Error::Msg("a batch item has no tokens".into()).into());
+        let mut sample_rows = Vec::new();
+        for item in batch {
+            let (start, n) = (item.start, item.tokens.len());
+            let fail = |msg: String| Err(ModelError(candle_core::Error::Msg(msg)));
+            if n == 0 {
+                return fail("a batch item has no tokens".into());
             }
-            let start = item.cache.len();
-            if start + item.tokens.len() > self.max_positions {
-                return Err(candle_core::Error::Msg(format!(
+            if start + n > self.max_positions {
+                return fail(format!(
                     "position {} is past the {} positions this model was set up for",
-                    start + item.tokens.len(),
+                    start + n,
                     self.max_positions
-                ))
-                .into());
+                ));
+            }
+            let blocks = (start + n).div_ceil(kv.block_size);
+            if item.block_table.len() < blocks
+                || item.block_table[..blocks]
+                    .iter()
+                    .any(|&b| b as usize >= kv.blocks)
+            {
+                return fail(format!(
+                    "the block table does not cover positions 0..{} with blocks of the cache",
+                    start + n
+                ));
             }
             ids.extend_from_slice(item.tokens);
-            positions.extend((start..start + item.tokens.len()).map(|p| p as u32));
-            last_rows.push((ids.len() - 1) as u32);
-            item.cache.reserve(
-                cfg,
-                self.weights.dtype,
-                item.tokens.len(),
-                self.max_positions,
-                &self.device,
-            )?;
+            positions.extend((start..start + n).map(|p| p as u32));
+            if item.sample {
+                sample_rows.push((ids.len() - 1) as u32);
+            }
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
@@ -417,32 +488,38 @@ impl Model {
             .to_dtype(self.weights.dtype)?;
         for (index, layer) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = self.attention(index, layer, &h, &cos, &sin, batch)?;
+            let attn = self.attention(kv, index, layer, &h, &cos, &sin, batch)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
             let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
             let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
-        for item in batch.iter_mut() {
-            item.cache.len += item.tokens.len();
+        if sample_rows.is_empty() {
+            return Ok(None);
         }
-        let last_rows = Tensor::from_vec(last_rows, batch.len(), &self.device)?;
-        let last = x.index_select(&last_rows, 0)?;
+        let rows = sample_rows.len();
+        let sample_rows = Tensor::from_vec(sample_rows, rows, &self.device)?;
+        let last = x.index_select(&sample_rows, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, cfg.rms_eps as f32)?;
-        Ok(self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        Ok(Some(
+            self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)?,
+        ))
     }
 
-    /// Attention of layer `index` for the packed rows `h`; writes each item's new keys and
-    /// values into its cache (its length is advanced by the caller after the last layer).
+    /// Attention of layer `index` for the packed rows `h`. Every item's new keys and values
+    /// are written into `kv` before any item reads, so a sequence may read blocks another
+    /// sequence of the same batch fills (a prefix shared within one step).
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        kv: &KvCache,
         index: usize,
         layer: &Layer,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        batch: &mut [BatchItem<'_>],
+        batch: &[BatchItem<'_>],
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let total = h.dim(0)?;
@@ -465,27 +542,25 @@ impl Model {
         let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
         let v = v.reshape((total, kv_heads, hd))?;
+        let (k_cache, v_cache) = &kv.layers[index];
+        let mut offset = 0;
+        for item in batch {
+            let n = item.tokens.len();
+            let new_k = k.narrow(0, offset, n)?.transpose(0, 1)?;
+            let new_v = v.narrow(0, offset, n)?.transpose(0, 1)?;
+            kv.write(k_cache, &new_k, item.start, item.block_table)?;
+            kv.write(v_cache, &new_v, item.start, item.block_table)?;
+            offset += n;
+        }
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut outputs = Vec::with_capacity(batch.len());
         let mut offset = 0;
-        for item in batch.iter_mut() {
-            let n = item.tokens.len();
-            let start = item.cache.len();
+        for item in batch {
+            let (n, start) = (item.tokens.len(), item.start);
             let keys = start + n;
-            let (k_cache, v_cache) = &item.cache.layers[index];
-            k_cache.slice_set(
-                &k.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?,
-                1,
-                start,
-            )?;
-            v_cache.slice_set(
-                &v.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?,
-                1,
-                start,
-            )?;
-            let k_all = k_cache.narrow(1, 0, keys)?;
-            let v_all = v_cache.narrow(1, 0, keys)?;
+            let k_all = kv.read(k_cache, keys, item.block_table)?;
+            let v_all = kv.read(v_cache, keys, item.block_table)?;
             // Heads sharing a KV head are stacked as rows: (kv_heads, group * n, hd).
             let q_seq = q
                 .narrow(0, offset, n)?

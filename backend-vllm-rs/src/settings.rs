@@ -9,11 +9,34 @@ use backend_common::engine::EngineError;
 use backend_common::load::{DType, LoadRequest};
 
 /// Option keys this worker reads besides the common ones (vLLM's `max_model_len`,
-/// `gpu_memory_utilization` and `dtype` are common).
-pub const OPTIONS: &[&str] = &[];
+/// `gpu_memory_utilization` and `dtype` are common). vLLM's command-line spelling
+/// (`--max-num-seqs`) reads the same, see [`backend_common::options`].
+pub const OPTIONS: &[&str] = &[
+    "block_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enable_prefix_caching",
+    "kv_cache_memory",
+    "kv_cache_memory_bytes",
+];
 
 /// vLLM's default share of device memory the engine may use.
 pub const DEFAULT_MEMORY_UTILIZATION: f64 = 0.9;
+
+/// Positions per KV block (vLLM's default).
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// Sequences running at once (vLLM's default).
+pub const DEFAULT_MAX_NUM_SEQS: usize = 256;
+
+/// Tokens per forward pass. Smaller than vLLM's GPU default (2048): on a CPU a prefill chunk
+/// of 256 tokens already runs the matmuls at full efficiency, and a bigger one would stall
+/// the running streams for seconds.
+pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 256;
+
+/// KV cache on the CPU when `kv_cache_memory` is not given: vLLM's CPU backend default
+/// (`VLLM_CPU_KVCACHE_SPACE` unset means 4 GiB), within `gpu_memory_utilization`.
+pub const DEFAULT_CPU_KV_BYTES: u64 = 4 << 30;
 
 /// The compute dtype for weights saved in `saved` when `asked` was requested.
 pub fn resolve_dtype(asked: DType, saved: candle_core::DType) -> candle_core::DType {
@@ -36,6 +59,75 @@ pub struct LoadSettings {
     pub memory_utilization: f64,
     /// Compute type asked for.
     pub dtype: DType,
+    /// The engine core's limits.
+    pub core: CoreSettings,
+}
+
+/// How the scheduler and the paged KV cache are sized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreSettings {
+    /// Positions per KV block (`block_size`).
+    pub block_size: usize,
+    /// Sequences running at once (`max_num_seqs`).
+    pub max_num_seqs: usize,
+    /// Tokens per forward pass (`max_num_batched_tokens`).
+    pub max_num_batched_tokens: usize,
+    /// Share full blocks between prompts with the same prefix (`enable_prefix_caching`).
+    pub prefix_caching: bool,
+    /// Bytes of KV cache (`kv_cache_memory`); `None` for the default.
+    pub kv_cache_bytes: Option<u64>,
+}
+
+impl CoreSettings {
+    fn from_request(req: &LoadRequest) -> Result<Self, EngineError> {
+        let o = &req.options;
+        let bad =
+            |e: backend_common::options::OptionError| EngineError::InvalidArgument(e.to_string());
+        let ranged = |key: &str, default: usize, max: usize| -> Result<usize, EngineError> {
+            match o.get_int::<i64>(&[key]).map_err(bad)? {
+                None => Ok(default),
+                Some(v) if v >= 1 && v as u64 <= max as u64 => Ok(v as usize),
+                Some(v) => Err(EngineError::InvalidArgument(format!(
+                    "option `{key}`: {v} must be between 1 and {max}"
+                ))),
+            }
+        };
+        let kv_cache_bytes = match o
+            .get_int::<i64>(&["kv_cache_memory", "kv_cache_memory_bytes"])
+            .map_err(bad)?
+        {
+            None => None,
+            Some(v) if v > 0 => Some(v as u64),
+            Some(v) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "option `kv_cache_memory`: {v} must be a positive number of bytes"
+                )));
+            }
+        };
+        Ok(CoreSettings {
+            block_size: ranged("block_size", DEFAULT_BLOCK_SIZE, 1024)?,
+            max_num_seqs: ranged("max_num_seqs", DEFAULT_MAX_NUM_SEQS, 4096)?,
+            max_num_batched_tokens: ranged(
+                "max_num_batched_tokens",
+                DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                1 << 20,
+            )?,
+            prefix_caching: o
+                .get_bool(&["enable_prefix_caching"])
+                .map_err(bad)?
+                .unwrap_or(true),
+            kv_cache_bytes,
+        })
+    }
+
+    /// Bytes of KV cache to allocate: `kv_cache_memory`, else the CPU default within what
+    /// `budget` (the share of memory weights and KV may take) leaves after `weights`.
+    pub fn kv_bytes(&self, budget: Option<u64>, weights: u64) -> u64 {
+        self.kv_cache_bytes.unwrap_or_else(|| match budget {
+            Some(budget) => budget.saturating_sub(weights).min(DEFAULT_CPU_KV_BYTES),
+            None => DEFAULT_CPU_KV_BYTES,
+        })
+    }
 }
 
 impl LoadSettings {
@@ -60,6 +152,7 @@ impl LoadSettings {
             max_model_len: req.max_model_len.or(req.context_size).map(|n| n as usize),
             memory_utilization: req.memory_utilization.unwrap_or(DEFAULT_MEMORY_UTILIZATION),
             dtype: req.dtype,
+            core: CoreSettings::from_request(req)?,
         })
     }
 
@@ -95,6 +188,61 @@ mod tests {
         assert_eq!(s.memory_utilization, DEFAULT_MEMORY_UTILIZATION);
         assert_eq!(s.dtype, DType::Auto);
         assert_eq!(s.effective_max_len(32768).unwrap(), 32768);
+        assert_eq!(
+            s.core,
+            CoreSettings {
+                block_size: 16,
+                max_num_seqs: 256,
+                max_num_batched_tokens: DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                prefix_caching: true,
+                kv_cache_bytes: None,
+            }
+        );
+        assert_eq!(
+            s.core.kv_bytes(Some(10 << 30), 1 << 30),
+            DEFAULT_CPU_KV_BYTES
+        );
+        assert_eq!(s.core.kv_bytes(Some(3 << 30), 1 << 30), 2 << 30);
+    }
+
+    fn with_options(options: &[&str]) -> Result<LoadSettings, EngineError> {
+        settings(ModelOptions {
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn engine_core_options_in_both_spellings() {
+        let s = with_options(&[
+            "--max-num-seqs:8",
+            "--enable-prefix-caching:false",
+            "--block-size:32",
+            "max_num_batched_tokens:64",
+            "kv_cache_memory:1048576",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.core,
+            CoreSettings {
+                block_size: 32,
+                max_num_seqs: 8,
+                max_num_batched_tokens: 64,
+                prefix_caching: false,
+                kv_cache_bytes: Some(1 << 20),
+            }
+        );
+        assert_eq!(s.core.kv_bytes(Some(1 << 40), 0), 1 << 20);
+        for (bad, needle) in [
+            ("max_num_seqs:0", "between 1 and"),
+            ("block_size:abc", "not a valid integer"),
+            ("enable_prefix_caching:maybe", "boolean"),
+            ("kv_cache_memory:-5", "positive number of bytes"),
+        ] {
+            let e = with_options(&[bad]).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
-use backend_vllm_rs::model::{BatchItem, Model, SeqCache};
+use backend_vllm_rs::model::{BatchItem, Model, SingleSequence};
 use gguf_models::{gguf_model, max_abs_diff};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -17,14 +17,11 @@ const PROMPT: &str =
 
 /// Logits after the prompt and after each of `steps` greedy tokens, from our model.
 fn our_logits(model: &Model, prompt: &[u32], steps: usize) -> Result<Vec<Tensor>> {
-    let mut cache = SeqCache::new();
+    let mut seq = SingleSequence::new(model, prompt.len() + steps + 1)?;
     let mut out = Vec::new();
     let mut tokens = prompt.to_vec();
     for _ in 0..=steps {
-        let logits = model.forward(&mut [BatchItem {
-            tokens: &tokens,
-            cache: &mut cache,
-        }])?;
+        let logits = seq.feed(model, &tokens)?;
         let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         out.push(logits);
         tokens = vec![next];
@@ -95,47 +92,37 @@ fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
     // Separate runs: each prompt, then one more token.
     let mut alone = Vec::new();
     for prompt in [&long, &short] {
-        let mut cache = SeqCache::new();
-        model.forward(&mut [BatchItem {
-            tokens: prompt,
-            cache: &mut cache,
-        }])?;
-        alone.push(model.forward(&mut [BatchItem {
-            tokens: &[42],
-            cache: &mut cache,
-        }])?);
+        let mut seq = SingleSequence::new(&model, 64)?;
+        seq.feed(&model, prompt)?;
+        alone.push(seq.feed(&model, &[42])?);
     }
-    // Together: both prompts in one batch, then both next tokens in one batch, plus a third
-    // sequence joining mid-way with its whole prompt.
-    let (mut a, mut b, mut c) = (SeqCache::new(), SeqCache::new(), SeqCache::new());
-    model.forward(&mut [
-        BatchItem {
-            tokens: &long,
-            cache: &mut a,
-        },
-        BatchItem {
-            tokens: &short,
-            cache: &mut b,
-        },
-    ])?;
-    let together = model.forward(&mut [
-        BatchItem {
-            tokens: &[42],
-            cache: &mut a,
-        },
-        BatchItem {
-            tokens: &short,
-            cache: &mut c,
-        },
-        BatchItem {
-            tokens: &[42],
-            cache: &mut b,
-        },
-    ])?;
+    // Together, in one paged cache of blocks of 4: both prompts in one batch, then both next
+    // tokens in one batch, plus a third sequence joining mid-way with its whole prompt. The
+    // block tables interleave, so keys are gathered across blocks that are not adjacent.
+    let kv = model.kv_cache(48, 4)?;
+    let table = |first: u32| (0..16).map(|i| first + 3 * i).collect::<Vec<u32>>();
+    let (a, b, c) = (table(0), table(1), table(2));
+    let item = |tokens, start, block_table, sample| BatchItem {
+        tokens,
+        start,
+        block_table,
+        sample,
+    };
+    let first = model.forward(&kv, &[item(&long, 0, &a, false), item(&short, 0, &b, true)])?;
     assert_eq!(
-        (a.len(), b.len(), c.len()),
-        (long.len() + 1, short.len() + 1, short.len())
+        first.map(|l| l.dims().to_vec()),
+        Some(vec![1, model.config().vocab])
     );
+    let together = model
+        .forward(
+            &kv,
+            &[
+                item(&[42], long.len(), &a, true),
+                item(&short, 0, &c, true),
+                item(&[42], short.len(), &b, true),
+            ],
+        )?
+        .expect("three rows sampled");
     let diff_a = max_abs_diff(&together.get(0)?, &alone[0])?;
     let diff_b = max_abs_diff(&together.get(2)?, &alone[1])?;
     eprintln!("batched vs alone: {diff_a:.2e} {diff_b:.2e}");

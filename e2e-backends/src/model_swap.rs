@@ -37,6 +37,10 @@ fn load_options(model: &Path) -> ModelOptions {
         model_file: model.display().to_string(),
         context_size: 512,
         threads: 2,
+        // The probe repeats: a prefix cache would compute it in other shapes than the first
+        // time, and on quantized weights that may turn a near-tie (engines without one
+        // ignore the option).
+        options: vec!["enable_prefix_caching:false".into()],
         ..Default::default()
     }
 }

@@ -772,7 +772,10 @@ mod tests {
             assert!(!s.has_work());
             assert_eq!(s.stats().blocks_used, 0);
             assert!(finished > 100, "seed {seed}: only {finished} finished");
-            assert!(s.stats().preemptions > 0, "seed {seed}: the pool never ran out");
+            assert!(
+                s.stats().preemptions > 0,
+                "seed {seed}: the pool never ran out"
+            );
             if caching {
                 assert!(s.stats().prefix_hit_tokens > 0);
             }

@@ -1,0 +1,370 @@
+//! The thread that owns a loaded model and runs it for every request at once.
+//!
+//! gRPC handlers only submit a request ([`EngineThread::generate`]) and receive its tokens.
+//! The thread loops: it takes new requests into the [`Scheduler`], asks it for a step, runs
+//! one forward pass over every scheduled sequence through the paged [`KvCache`], samples
+//! each sequence that reached its end with that sequence's own [`Sampler`], and sends each
+//! token to its request. A request whose client stopped listening is removed at the next
+//! step and its blocks go back to the pool.
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use backend_common::engine::{
+    EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats, TokenSink,
+};
+use engine_core::{AdmitError, KvStats, Scheduler, SchedulerConfig, SeqId, Step};
+
+use crate::model::{BatchItem, KvCache, Model};
+use crate::sampler::{Sampler, token_logprob};
+use crate::tokenizer::ModelTokenizer;
+
+/// What a request hears from the engine thread.
+enum Event {
+    /// A generated token.
+    Token(GeneratedToken),
+    /// The end: statistics, or why it failed.
+    Done(Result<GenerationStats, EngineError>),
+}
+
+/// A request handed to the engine thread.
+struct Job {
+    id: SeqId,
+    prompt: Vec<u32>,
+    sampler: Sampler,
+    max_tokens: Option<u32>,
+    ignore_eos: bool,
+    logprobs: Option<u32>,
+    events: Sender<Event>,
+    cancelled: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+/// A running request's progress.
+struct Active {
+    job: Job,
+    generated: u32,
+    first_token: Option<Instant>,
+}
+
+impl Active {
+    fn stats(&self, finish: FinishReason) -> GenerationStats {
+        let end = Instant::now();
+        let first = self.first_token.unwrap_or(end);
+        GenerationStats {
+            prompt_tokens: self.job.prompt.len() as u32,
+            completion_tokens: self.generated,
+            prompt_ms: first.duration_since(self.job.submitted).as_secs_f64() * 1000.0,
+            generation_ms: end.duration_since(first).as_secs_f64() * 1000.0,
+            finish,
+        }
+    }
+}
+
+/// A handle to the thread that runs a model; dropping it stops the thread and frees the
+/// model and its KV cache.
+pub struct EngineThread {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<KvStats>>,
+    next_id: AtomicU64,
+    vocab: usize,
+    tokenizer: Arc<ModelTokenizer>,
+}
+
+impl EngineThread {
+    /// Starts the thread that owns `model` and `kv`, scheduled by `config`.
+    pub fn start(
+        model: Model,
+        kv: KvCache,
+        config: SchedulerConfig,
+        tokenizer: Arc<ModelTokenizer>,
+    ) -> std::io::Result<Self> {
+        let (jobs, incoming) = mpsc::channel();
+        let scheduler = Scheduler::new(config);
+        let stats = Arc::new(Mutex::new(scheduler.stats()));
+        let vocab = model.config().vocab;
+        let mut worker = Worker {
+            model,
+            kv,
+            scheduler,
+            tokenizer: tokenizer.clone(),
+            active: HashMap::new(),
+            incoming,
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run())?;
+        Ok(EngineThread {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            stats,
+            next_id: AtomicU64::new(0),
+            vocab,
+            tokenizer,
+        })
+    }
+
+    /// The KV cache and prefix cache figures after the last step.
+    pub fn stats(&self) -> KvStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `request` with the others until it ends, handing each token to `sink`.
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        sink: &mut dyn TokenSink,
+    ) -> Result<GenerationStats, EngineError> {
+        let (events, received) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            prompt: request.prompt.iter().map(|&id| id as u32).collect(),
+            sampler: Sampler::new(request, self.vocab, self.tokenizer.eog()),
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            logprobs: request.logprobs,
+            events,
+            cancelled: cancelled.clone(),
+            submitted: Instant::now(),
+        };
+        let stopped = || EngineError::Internal("the engine thread has stopped".into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        let mut listening = true;
+        loop {
+            match received.recv().map_err(|_| stopped())? {
+                Event::Token(token) if listening => {
+                    if sink.token(token) == Flow::Stop {
+                        // The engine drops the sequence at its next step and answers Done.
+                        cancelled.store(true, Ordering::Relaxed);
+                        listening = false;
+                    }
+                }
+                Event::Token(_) => {}
+                Event::Done(result) => return result,
+            }
+        }
+    }
+}
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once its sequences are done (there are none:
+        // the handle is dropped when no request holds the model).
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The engine thread's state.
+struct Worker {
+    model: Model,
+    kv: KvCache,
+    scheduler: Scheduler,
+    tokenizer: Arc<ModelTokenizer>,
+    active: HashMap<SeqId, Active>,
+    incoming: Receiver<Job>,
+    stats: Arc<Mutex<KvStats>>,
+}
+
+/// How long an idle engine thread waits for a request before checking again.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+impl Worker {
+    fn run(&mut self) {
+        loop {
+            if self.active.is_empty() {
+                match self.incoming.recv_timeout(IDLE_WAIT) {
+                    Ok(job) => self.accept(job),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while let Ok(job) = self.incoming.try_recv() {
+                self.accept(job);
+            }
+            self.drop_cancelled();
+            let step = self.scheduler.schedule();
+            for &id in &step.out_of_blocks {
+                self.finish(id, FinishReason::Length);
+            }
+            if step.seqs.is_empty() {
+                // Nothing could be scheduled (every sequence just ended): wait for work.
+                if let Ok(job) = self.incoming.recv_timeout(IDLE_WAIT) {
+                    self.accept(job);
+                }
+            } else {
+                self.run_step(&step);
+            }
+            self.publish();
+        }
+    }
+
+    /// Queues a new request, or answers it at once when it can never run.
+    fn accept(&mut self, job: Job) {
+        if job.cancelled.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.scheduler.add(job.id, job.prompt.clone()) {
+            let error = match e {
+                AdmitError::ExceedsKvCache { .. } => EngineError::ResourceExhausted(e.to_string()),
+                AdmitError::Duplicate(_) => EngineError::Internal(e.to_string()),
+                AdmitError::EmptyPrompt | AdmitError::PromptTooLong { .. } => {
+                    EngineError::InvalidArgument(e.to_string())
+                }
+            };
+            let _ = job.events.send(Event::Done(Err(error)));
+            return;
+        }
+        self.active.insert(
+            job.id,
+            Active {
+                job,
+                generated: 0,
+                first_token: None,
+            },
+        );
+    }
+
+    /// Removes the sequences whose clients stopped listening.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.job.cancelled.load(Ordering::Relaxed))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.finish(id, FinishReason::Stopped);
+        }
+    }
+
+    /// Ends `id`: its blocks are released and its request gets its statistics.
+    fn finish(&mut self, id: SeqId, reason: FinishReason) {
+        self.scheduler.remove(id);
+        // Published before the request hears it ended, so a Status it sends next sees the
+        // blocks back.
+        self.publish();
+        if let Some(active) = self.active.remove(&id) {
+            let _ = active
+                .job
+                .events
+                .send(Event::Done(Ok(active.stats(reason))));
+        }
+    }
+
+    /// Runs one forward pass and samples; a failure ends every request (their blocks may
+    /// hold keys and values that were never written) and leaves the model serving.
+    fn run_step(&mut self, step: &Step) {
+        let items: Vec<BatchItem<'_>> = step
+            .seqs
+            .iter()
+            .map(|q| BatchItem {
+                tokens: &q.tokens,
+                start: q.start,
+                block_table: &q.block_table,
+                sample: q.sample,
+            })
+            .collect();
+        let (model, kv) = (&self.model, &self.kv);
+        let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+        let error = match outcome {
+            Ok(Ok(logits)) => match self.sample(step, logits) {
+                Ok(()) => return,
+                Err(e) => e.to_string(),
+            },
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!(
+                "the forward pass panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            ),
+        };
+        tracing::error!(%error, "engine step failed; its requests end with INTERNAL");
+        self.scheduler.reset();
+        self.publish();
+        for (_, active) in self.active.drain() {
+            let _ = active
+                .job
+                .events
+                .send(Event::Done(Err(EngineError::Internal(error.clone()))));
+        }
+    }
+
+    /// Samples the next token of every sequence that asked for one and hands it on.
+    fn sample(
+        &mut self,
+        step: &Step,
+        logits: Option<candle_core::Tensor>,
+    ) -> candle_core::Result<()> {
+        let Some(logits) = logits else {
+            return Ok(());
+        };
+        let sampling = step.seqs.iter().filter(|q| q.sample);
+        for (row, q) in sampling.enumerate() {
+            let mut values: Vec<f32> = logits.get(row)?.to_vec1()?;
+            match self.next_token(q.id, &mut values) {
+                Some(Ok(token)) => self.scheduler.append(q.id, token),
+                Some(Err(reason)) => self.finish(q.id, reason),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples `id`'s next token from its logits and sends it: the token to append, or why
+    /// the sequence ends (`None` for a sequence no longer active).
+    fn next_token(&mut self, id: SeqId, logits: &mut [f32]) -> Option<Result<u32, FinishReason>> {
+        let max_len = self.model.max_positions();
+        let tokenizer = &self.tokenizer;
+        let active = self.active.get_mut(&id)?;
+        let raw = active.job.logprobs.map(|top| (logits.to_vec(), top));
+        let token = active.job.sampler.sample(logits);
+        active.first_token.get_or_insert_with(Instant::now);
+        active.generated += 1;
+        if tokenizer.is_eog(token) && !active.job.ignore_eos {
+            return Some(Err(FinishReason::Eos));
+        }
+        let logprob = raw
+            .map(|(raw, top)| token_logprob(&raw, token, top, |id| tokenizer.piece(id).to_vec()));
+        let sent = active.job.events.send(Event::Token(GeneratedToken {
+            id: token as i32,
+            piece: tokenizer.piece(token).to_vec(),
+            special: tokenizer.is_control(token),
+            logprob,
+        }));
+        // The next forward pass would compute position `len - 1`.
+        let len = active.job.prompt.len() + active.generated as usize;
+        Some(if sent.is_err() {
+            Err(FinishReason::Stopped)
+        } else if active
+            .job
+            .max_tokens
+            .is_some_and(|max| active.generated >= max)
+            || len > max_len
+        {
+            Err(FinishReason::Length)
+        } else {
+            Ok(token)
+        })
+    }
+
+    fn publish(&self) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
+    }
+}
