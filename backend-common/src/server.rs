@@ -30,6 +30,29 @@ use crate::status::WorkerState;
 /// gRPC message size limit, both ways (LocalAI's).
 pub const MESSAGE_LIMIT: usize = 50 * 1024 * 1024;
 
+/// Longest status message sent, in bytes. gRPC carries it in a header, and Python's and
+/// C++'s clients refuse headers over 16 KiB (they then report RESOURCE_EXHAUSTED instead of
+/// the error); what is cut is logged.
+pub const STATUS_MESSAGE_LIMIT: usize = 2048;
+
+/// `message`, cut to [`STATUS_MESSAGE_LIMIT`] bytes (on a character boundary) with a note
+/// saying so; the whole message goes to the log.
+pub fn capped(message: String) -> String {
+    if message.len() <= STATUS_MESSAGE_LIMIT {
+        return message;
+    }
+    tracing::warn!(%message, "status message cut to {STATUS_MESSAGE_LIMIT} bytes; whole here");
+    let note = format!(
+        "... ({} bytes in all; the whole message is in the worker's log)",
+        message.len()
+    );
+    let mut end = STATUS_MESSAGE_LIMIT - note.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &message[..end])
+}
+
 /// Environment variable holding the bearer token every call must carry, when set.
 pub const AUTH_TOKEN_ENV: &str = "LOCALAI_GRPC_AUTH_TOKEN";
 
@@ -54,7 +77,7 @@ pub enum ServeError {
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
-        let message = e.to_string();
+        let message = capped(e.to_string());
         match e {
             EngineError::NotLoaded | EngineError::FailedPrecondition(_) => {
                 Status::failed_precondition(message)
@@ -164,7 +187,7 @@ where
 {
     tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
-        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+        .map_err(|e| Status::internal(capped(format!("engine task failed: {e}"))))?
         .map_err(Status::from)
 }
 
@@ -338,7 +361,9 @@ impl<E: Engine> Backend for BackendService<E> {
                 Err(panic) => {
                     let what = panic_message(panic.as_ref());
                     tracing::error!(panic = what, "the engine panicked during a stream");
-                    Err(Status::internal(format!("the engine failed: {what}")))
+                    Err(Status::internal(capped(format!(
+                        "the engine failed: {what}"
+                    ))))
                 }
             };
             // The client may be gone already; nothing is left to tell it then.
@@ -558,5 +583,29 @@ pub fn run<E: Engine>(engine: E, args: &ServeArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_status_messages_are_cut_with_a_note() {
+        // A broken model can make an error echo kilobytes of its content.
+        let e = EngineError::InvalidModel {
+            path: "/m/broken.gguf".into(),
+            reason: format!("bad metadata value {}", "é".repeat(9000)),
+        };
+        let whole = e.to_string().len();
+        let status = Status::from(e);
+        let message = status.message();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(message.len() <= STATUS_MESSAGE_LIMIT, "{}", message.len());
+        assert!(message.starts_with("cannot load model /m/broken.gguf: bad metadata value é"));
+        let note = format!("({whole} bytes in all; the whole message is in the worker's log)");
+        assert!(whole > 18000 && message.ends_with(&note), "{message}");
+        let short = Status::from(EngineError::InvalidArgument("short".into()));
+        assert_eq!(short.message(), "short");
     }
 }
