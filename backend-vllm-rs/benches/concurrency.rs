@@ -7,7 +7,10 @@
 //!    token; short distinct prompts), the llama worker with `parallel:16`;
 //! 2. time to first token (p50, p95) of short requests arriving while 8 streams decode;
 //! 3. the prefix cache: time to first token of a request repeating a ~1,000-token prefix
-//!    against the same request cold (candle worker; target <= 20%).
+//!    against the same request cold (candle worker; target <= 20%);
+//! 4. memory: peak resident set of the candle worker serving 16 streams of 512 positions
+//!    (256 prompt, 256 new) with a KV budget of exactly that, against weights + KV budget +
+//!    100 MB.
 //!
 //! Run: `cargo bench --workspace --bench concurrency` (env `BENCH_THREADS`, `BENCH_ROUNDS`,
 //! `BENCH_STREAMS=1,2,4,8,16`). backend-llamacpp must be built in the same target directory.
@@ -17,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use backend_common::pb::{ModelOptions, PredictOptions};
+use backend_common::pb::{HealthMessage, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{bench_prompt, bench_settings, bench_worker};
+use e2e_backends::testing::{bench_prompt, bench_settings, bench_worker, peak_rss};
 use e2e_backends::worker::Worker;
 
 const NEW_TOKENS: i32 = 64;
@@ -143,6 +146,31 @@ async fn prefix_cache(binary: &Path, mut options: ModelOptions) -> Result<(f64, 
     Ok((cold, warm, worker))
 }
 
+/// Peak RSS of 16 streams of 512 positions with a KV budget of 16 x 512 positions; returns
+/// (peak, weights, KV budget) in bytes.
+async fn memory_at_16(binary: &Path, mut options: ModelOptions) -> Result<(u64, u64, u64)> {
+    // Qwen2.5-0.5B keeps 2 x 24 layers x 2 heads x 64 f32 per position: 24,576 bytes.
+    let budget = 16 * 512 * 24_576u64;
+    options.options.push(format!("kv_cache_memory:{budget}"));
+    let (worker, _) = bench_worker(binary, options).await?;
+    let mut client = worker.client(None).await?;
+    // About 256 prompt tokens each, all different from the first token on.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let prompt = format!("Reader {i} asks: {}", bench_prompt(11));
+            tokio::spawn(stream(client.clone(), request(prompt, 256)))
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let status = client.status(HealthMessage {}).await?.into_inner();
+    let parts = status.memory.unwrap_or_default().breakdown;
+    let peak = worker.pid().and_then(peak_rss).context("no VmHWM")?;
+    worker.stop(Duration::from_secs(5)).await?;
+    Ok((peak, parts["weights"], parts["kv_cache"]))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -211,5 +239,19 @@ async fn main() -> Result<()> {
         warm / cold * 100.0
     );
     worker.stop(Duration::from_secs(5)).await?;
+    let (peak, weights, kv) = memory_at_16(&ours, options(&[])).await?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "\nmemory, 16 streams of 512 positions: peak RSS {:.0} MiB; weights {:.0} + KV budget {:.0} + 100 = {:.0} MiB ({})",
+        mib(peak),
+        mib(weights),
+        mib(kv),
+        mib(weights + kv) + 100.0,
+        if peak <= weights + kv + (100 << 20) {
+            "within"
+        } else {
+            "over"
+        }
+    );
     Ok(())
 }

@@ -21,18 +21,12 @@ use backend_common::pb::{ModelOptions, PredictOptions};
 use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
 use backend_vllm_rs::model::{Model, SingleSequence};
-use e2e_backends::testing::{Timing, bench_prompt, bench_settings, bench_worker, timed_stream};
+use e2e_backends::testing::{
+    Timing, bench_prompt, bench_settings, bench_worker, peak_rss, timed_stream,
+};
 
 const CONTEXT: i32 = 1024;
 const NEW_TOKENS: i32 = 32;
-
-/// Peak resident memory of process `pid` in bytes.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 /// A worker's figures.
 struct Measured {

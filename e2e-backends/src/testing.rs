@@ -217,6 +217,14 @@ pub async fn bench_worker(binary: &Path, options: ModelOptions) -> anyhow::Resul
     Ok((worker, load_s))
 }
 
+/// Peak resident memory (`VmHWM`) of process `pid` in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Streams `req` and returns the timings the worker reports on the last chunk.
 pub async fn timed_stream(client: &mut Client, req: PredictOptions) -> anyhow::Result<Timing> {
     let mut stream = client.predict_stream(req).await?.into_inner();
