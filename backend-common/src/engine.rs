@@ -203,6 +203,12 @@ pub struct GenerationStats {
 pub trait TokenSink: Send {
     /// Called for each new token; returning [`Flow::Stop`] ends generation.
     fn token(&mut self, token: GeneratedToken) -> Flow;
+    /// Whether nobody listens any more (the client is gone, or the worker is shutting
+    /// down): an engine checks it while the request waits for its first token, and drops
+    /// the request before spending work on it.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// Memory held by the engine, by part (bytes).

@@ -2,7 +2,7 @@
 //! listening, bearer auth, message limits, reflection, request logging and graceful shutdown.
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, watch};
@@ -195,15 +195,39 @@ where
 struct CollectSink {
     builder: ReplyBuilder,
     shutdown: watch::Receiver<bool>,
+    /// Set when the RPC is dropped (the client went away) before the reply was made.
+    gone: Arc<AtomicBool>,
 }
 
 impl TokenSink for CollectSink {
     fn token(&mut self, token: GeneratedToken) -> Flow {
         let chunk = self.builder.push(&token);
-        if chunk.stopped || *self.shutdown.borrow() {
+        if chunk.stopped || self.abandoned() {
             Flow::Stop
         } else {
             Flow::Continue
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        self.gone.load(Ordering::Relaxed) || *self.shutdown.borrow()
+    }
+}
+
+/// Sets its flag when dropped before [`Disarm::disarm`]: tonic drops a unary handler's
+/// future when its client goes away, and the blocking generation must learn it.
+struct Disarm(Option<Arc<AtomicBool>>);
+
+impl Disarm {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -216,8 +240,12 @@ struct StreamSink {
 }
 
 impl TokenSink for StreamSink {
+    fn abandoned(&self) -> bool {
+        self.tx.is_closed() || *self.shutdown.borrow()
+    }
+
     fn token(&mut self, token: GeneratedToken) -> Flow {
-        if self.tx.is_closed() || *self.shutdown.borrow() {
+        if self.abandoned() {
             return Flow::Stop;
         }
         let chunk = self.builder.push(&token);
@@ -306,17 +334,21 @@ impl<E: Engine> Backend for BackendService<E> {
         let served = self.current()?;
         let _busy = self.state.busy();
         let shutdown = self.shutdown.clone();
+        let gone = Arc::new(AtomicBool::new(false));
+        let mut guard = Disarm(Some(Arc::clone(&gone)));
         let reply = blocking(span, move || {
             let (generation, parser) = prepare(&served, &req)?;
             let mut sink = CollectSink {
                 builder: ReplyBuilder::unary(&req.stop_prompts, parser),
                 shutdown,
+                gone,
             };
             let stats = served.model.generate(&generation, &mut sink)?;
             Ok(sink.builder.finish_unary(&stats))
         })
-        .await?;
-        Ok(Response::new(reply))
+        .await;
+        guard.disarm();
+        Ok(Response::new(reply?))
     }
 
     type PredictStreamStream = ReceiverStream<Result<Reply, Status>>;

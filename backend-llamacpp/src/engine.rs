@@ -3,6 +3,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -20,6 +21,9 @@ use backend_common::template::{SpecialTokens, TemplateSource};
 use crate::sampler;
 use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler};
 use crate::settings::{self, LoadSettings};
+
+/// How often a request waiting for its next token checks that its client still listens.
+const ABANDON_POLL: Duration = Duration::from_millis(50);
 
 /// A loaded model and the decode loop serving it.
 pub struct LlamaLoaded {
@@ -275,7 +279,20 @@ impl LoadedModel for LlamaLoaded {
             cancel: Arc::clone(&cancel),
         })?;
         let mut stopped = false;
-        for event in received {
+        loop {
+            let event = match received.recv_timeout(ABANDON_POLL) {
+                Ok(event) => event,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Nobody listens (the client went away while the request queued or
+                    // prefilled): the decode loop drops it at its next step.
+                    if !stopped && sink.abandoned() {
+                        stopped = true;
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match event {
                 Event::Token(token) if !stopped => {
                     if sink.token(token) == Flow::Stop {

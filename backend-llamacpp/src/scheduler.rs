@@ -284,6 +284,20 @@ impl<'m> DecodeLoop<'m> {
                     }
                 }
             }
+            // A queued request whose client went away is answered before it costs a prefill.
+            waiting.retain(|job| {
+                let gone = job.cancel.load(Ordering::Relaxed);
+                if gone {
+                    let _ = job.events.send(Event::Done(Ok(GenerationStats {
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        prompt_ms: 0.0,
+                        generation_ms: 0.0,
+                        finish: FinishReason::Stopped,
+                    })));
+                }
+                !gone
+            });
             while self.slots.iter().any(Option::is_none) {
                 match waiting.pop_front() {
                     Some(job) => self.admit(job),

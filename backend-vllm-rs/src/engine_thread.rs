@@ -142,7 +142,20 @@ impl EngineThread {
             .map_err(|_| stopped())?;
         let mut listening = true;
         loop {
-            match received.recv().map_err(|_| stopped())? {
+            let event = match received.recv_timeout(ABANDON_POLL) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Nobody listens (the client went away while the request queued or
+                    // prefilled): the engine drops it at its next step.
+                    if listening && sink.abandoned() {
+                        cancelled.store(true, Ordering::Relaxed);
+                        listening = false;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(stopped()),
+            };
+            match event {
                 Event::Token(token) if listening => {
                     if sink.token(token) == Flow::Stop {
                         // The engine drops the sequence at its next step and answers Done.
@@ -182,6 +195,9 @@ struct Worker {
 /// How long an idle engine thread waits for a request before checking again.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// How often a request waiting for its next token checks that its client still listens.
+const ABANDON_POLL: Duration = Duration::from_millis(50);
+
 impl Worker {
     fn run(&mut self) {
         loop {
@@ -215,6 +231,13 @@ impl Worker {
     /// Queues a new request, or answers it at once when it can never run.
     fn accept(&mut self, job: Job) {
         if job.cancelled.load(Ordering::Relaxed) {
+            let nothing = Active {
+                job,
+                generated: 0,
+                first_token: None,
+            };
+            let stats = nothing.stats(FinishReason::Stopped);
+            let _ = nothing.job.events.send(Event::Done(Ok(stats)));
             return;
         }
         if let Err(e) = self.scheduler.add(job.id, job.prompt.clone()) {

@@ -2,6 +2,7 @@
 //! auth, a supervisor that starts a worker binary the way LocalAI does, and the conformance
 //! harness (`e2e-backends`): its configuration, shared context, capability checks, trial
 //! runner and JUnit output.
+pub mod abandoned;
 pub mod caps;
 pub mod client;
 pub mod config;
