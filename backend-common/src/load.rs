@@ -265,6 +265,27 @@ impl LoadRequest {
             Some((_, v)) => DType::parse(v)?,
             None => DType::parse(&o.d_type)?,
         };
+        // Features no worker here has: refused by name, never loaded as if absent.
+        for (field, value, what) in [
+            ("MMProj", &o.mm_proj, "multimodal projectors (image input)"),
+            (
+                "DraftModel",
+                &o.draft_model,
+                "speculative decoding with a draft model",
+            ),
+        ] {
+            if !value.is_empty() {
+                return Err(EngineError::InvalidArgument(format!(
+                    "{field} `{value}`: this backend does not support {what}; remove {field}"
+                )));
+            }
+        }
+        if !o.lora_adapters.is_empty() {
+            return Err(EngineError::InvalidArgument(format!(
+                "LoraAdapters ({} adapters): several LoRA adapters at once are not supported; load one with LoraAdapter",
+                o.lora_adapters.len()
+            )));
+        }
         let lora = (!o.lora_adapter.is_empty()).then(|| {
             let adapter = PathBuf::from(&o.lora_adapter);
             LoraAdapter {
@@ -405,6 +426,37 @@ mod tests {
         );
         assert_eq!(r.grammar_triggers, vec!["<tool_call>"]);
         assert_eq!(r.parsers.tool.as_deref(), Some("hermes"));
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_by_name() {
+        for (o, needle) in [
+            (
+                ModelOptions {
+                    mm_proj: "mmproj.gguf".into(),
+                    ..options(&[])
+                },
+                "MMProj `mmproj.gguf`",
+            ),
+            (
+                ModelOptions {
+                    draft_model: "/nowhere/draft.gguf".into(),
+                    ..options(&[])
+                },
+                "DraftModel `/nowhere/draft.gguf`",
+            ),
+            (
+                ModelOptions {
+                    lora_adapters: vec!["a.gguf".into(), "b.gguf".into()],
+                    ..options(&[])
+                },
+                "LoraAdapters (2 adapters)",
+            ),
+        ] {
+            let e = load(o).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -138,6 +138,12 @@ impl LoadSettings {
                 "TensorParallelSize > 1 (serving one model across several GPUs)",
             ));
         }
+        if let Some(lora) = &req.lora {
+            return Err(EngineError::InvalidArgument(format!(
+                "LoraAdapter `{}`: this backend does not apply LoRA adapters; merge the adapter into the weights, or use the llama.cpp backend",
+                lora.path.display()
+            )));
+        }
         match req.quantization.as_str() {
             // GGUF files carry their own quantization; a folder runs dense.
             "" | "none" | "gguf" => {}
@@ -261,6 +267,21 @@ mod tests {
         .unwrap();
         assert_eq!(ctx.effective_max_len(32768).unwrap(), 1024);
         assert!(ctx.effective_max_len(512).is_err());
+    }
+
+    #[test]
+    fn a_lora_adapter_is_refused_by_name() {
+        let e = settings(ModelOptions {
+            lora_adapter: "/nowhere/adapter.gguf".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("LoraAdapter `/nowhere/adapter.gguf`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct ToolSpec {
 impl ToolSpec {
     /// Reads the OpenAI `tools` array (`[{"type":"function","function":{"name":..,"parameters":..}}]`).
     ///
-    /// Entries that are not functions or have no name are skipped; an empty string means no tools.
+    /// Entries of another `type` than `function` are skipped; a function without a name is an
+    /// error (a call to it could never be reported); an empty string means no tools.
     pub fn list_from_openai_json(tools_json: &str) -> Result<Vec<ToolSpec>, ParserError> {
         if tools_json.trim().is_empty() {
             return Ok(Vec::new());
@@ -80,18 +81,28 @@ impl ToolSpec {
         let entries = value
             .as_array()
             .ok_or_else(|| ParserError::InvalidTools("expected a JSON array".to_owned()))?;
-        Ok(entries
-            .iter()
-            .filter_map(ToolSpec::from_openai_entry)
-            .collect())
-    }
-
-    fn from_openai_entry(entry: &Value) -> Option<ToolSpec> {
-        // Accept both the wrapped form and a bare function object.
-        let function = entry.get("function").unwrap_or(entry);
-        let name = function.get("name")?.as_str()?.to_owned();
-        let parameters = function.get("parameters").cloned().unwrap_or(Value::Null);
-        Some(ToolSpec { name, parameters })
+        let mut specs = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let kind = entry
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("function");
+            if kind != "function" {
+                continue;
+            }
+            let function = entry.get("function").unwrap_or(entry);
+            let name = function.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.trim().is_empty() {
+                return Err(ParserError::InvalidTools(format!(
+                    "tool {i} has no function name; give each tool `function.name`"
+                )));
+            }
+            specs.push(ToolSpec {
+                name: name.to_owned(),
+                parameters: function.get("parameters").cloned().unwrap_or(Value::Null),
+            });
+        }
+        Ok(specs)
     }
 
     /// JSON-schema `type` of one parameter, lowercased, if the schema declares it.
@@ -187,5 +198,30 @@ impl ParseOptions {
     /// True when the request offers a tool of this name.
     pub(crate) fn has_tool(&self, name: &str) -> bool {
         self.tool(name).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_need_a_function_name() {
+        let specs = ToolSpec::list_from_openai_json(
+            r#"[{"type":"function","function":{"name":"a","parameters":{"type":"object"}}},
+                {"name":"b"},
+                {"type":"code_interpreter"}]"#,
+        )
+        .unwrap();
+        let names: Vec<_> = specs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        for nameless in [
+            r#"[{"type":"function","function":{"parameters":{}}}]"#,
+            r#"[{"type":"function","function":{"name":"  "}}]"#,
+            r#"[{"type":"function","function":{"name":7}}]"#,
+        ] {
+            let e = ToolSpec::list_from_openai_json(nameless).unwrap_err();
+            assert!(e.to_string().contains("tool 0 has no function name"), "{e}");
+        }
     }
 }

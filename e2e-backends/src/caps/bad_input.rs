@@ -1,6 +1,6 @@
 //! `bad_input`: requests a worker must refuse with the right status code, after which it
 //! keeps serving.
-use backend_common::pb::{HealthMessage, PredictOptions, Reply};
+use backend_common::pb::{HealthMessage, ModelOptions, PredictOptions, Reply};
 use tonic::{Code, Response, Status, Streaming};
 
 use super::{CheckError, Rpc, Verdict, ensure};
@@ -8,9 +8,10 @@ use crate::client::Client;
 use crate::context::Context;
 use crate::testing::{chat, raw};
 
-/// Requests before LoadModel, malformed Tools and ToolChoice, negative Tokens, a prompt
-/// longer than the context, and loads of a missing file, of a file that is not a model and
-/// with an unknown parser name; none of them costs the loaded model.
+/// Requests before LoadModel, malformed Tools and ToolChoice, a tool without a name, negative
+/// Tokens, a prompt longer than the context, and loads of a missing file, of a file that is
+/// not a model, with an unknown parser name, and with MMProj, DraftModel or LoraAdapter files
+/// that do not exist; none of them costs the loaded model.
 pub async fn bad_input(ctx: &Context) -> Result<Verdict, CheckError> {
     before_load(ctx).await?;
     let mut client = ctx.loaded_client().await?;
@@ -34,6 +35,12 @@ pub async fn bad_input(ctx: &Context) -> Result<Verdict, CheckError> {
             "",
         ),
         ("negative Tokens", raw("Hi", -5), Code::InvalidArgument, ""),
+        (
+            "a tool without a function name",
+            with_tools(r#"[{"type":"function","function":{"parameters":{}}}]"#, ""),
+            Code::InvalidArgument,
+            "name",
+        ),
         (
             "a prompt longer than the context",
             raw(&long_prompt, 4),
@@ -94,7 +101,52 @@ async fn bad_loads(ctx: &Context, client: &mut Client) -> Result<(), CheckError>
         refusal(load),
         Code::InvalidArgument,
         "hermes",
-    )
+    )?;
+    // A worker may lack the feature (INVALID_ARGUMENT) or look for the file (NOT_FOUND), but
+    // it must never load as if the field were not there.
+    let base = ctx.model_options(&ctx.config.options, false).await?;
+    for (field, request) in [
+        (
+            "MMProj",
+            ModelOptions {
+                mm_proj: "/nonexistent/e2e-backends/mmproj.gguf".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "DraftModel",
+            ModelOptions {
+                draft_model: "/nonexistent/e2e-backends/draft.gguf".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "LoraAdapter",
+            ModelOptions {
+                lora_adapter: "/nonexistent/e2e-backends/adapter.gguf".into(),
+                ..base.clone()
+            },
+        ),
+    ] {
+        let load = client.load_model(request).await;
+        if let Ok(reply) = &load
+            && reply.get_ref().success
+        {
+            ctx.forget_load().await;
+            return Err(CheckError::Failed(format!(
+                "LoadModel with a {field} that does not exist succeeded; it must be refused (NOT_FOUND, or INVALID_ARGUMENT when the feature is missing)"
+            )));
+        }
+        let status = refusal(load);
+        ensure!(
+            status.as_ref().is_some_and(|s| {
+                matches!(s.code(), Code::NotFound | Code::InvalidArgument)
+                    && (s.message().contains(field) || s.message().contains("/nonexistent/"))
+            }),
+            "LoadModel with a missing {field} must be NOT_FOUND or INVALID_ARGUMENT naming it; got {status:?}"
+        );
+    }
+    Ok(())
 }
 
 /// A refused LoadModel as a status: `success=false` counts as INVALID_ARGUMENT with its
