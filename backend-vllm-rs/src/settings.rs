@@ -14,6 +14,8 @@ use backend_common::load::{DType, LoadRequest};
 pub const OPTIONS: &[&str] = &[
     "block_size",
     "max_num_seqs",
+    "parallel",
+    "n_parallel",
     "max_num_batched_tokens",
     "enable_prefix_caching",
     "kv_cache_memory",
@@ -83,12 +85,13 @@ impl CoreSettings {
         let o = &req.options;
         let bad =
             |e: backend_common::options::OptionError| EngineError::InvalidArgument(e.to_string());
-        let ranged = |key: &str, default: usize, max: usize| -> Result<usize, EngineError> {
-            match o.get_int::<i64>(&[key]).map_err(bad)? {
+        let ranged = |keys: &[&str], default: usize, max: usize| -> Result<usize, EngineError> {
+            match o.get_int::<i64>(keys).map_err(bad)? {
                 None => Ok(default),
                 Some(v) if v >= 1 && v as u64 <= max as u64 => Ok(v as usize),
                 Some(v) => Err(EngineError::InvalidArgument(format!(
-                    "option `{key}`: {v} must be between 1 and {max}"
+                    "option `{}`: {v} must be between 1 and {max}",
+                    o.get_str(keys).map_or(keys[0], |(k, _)| k)
                 ))),
             }
         };
@@ -105,10 +108,15 @@ impl CoreSettings {
             }
         };
         Ok(CoreSettings {
-            block_size: ranged("block_size", DEFAULT_BLOCK_SIZE, 1024)?,
-            max_num_seqs: ranged("max_num_seqs", DEFAULT_MAX_NUM_SEQS, 4096)?,
+            block_size: ranged(&["block_size"], DEFAULT_BLOCK_SIZE, 1024)?,
+            // llama.cpp's `parallel` (LocalAI's name for concurrent sequences) means the same.
+            max_num_seqs: ranged(
+                &["max_num_seqs", "parallel", "n_parallel"],
+                DEFAULT_MAX_NUM_SEQS,
+                4096,
+            )?,
             max_num_batched_tokens: ranged(
-                "max_num_batched_tokens",
+                &["max_num_batched_tokens"],
                 DEFAULT_MAX_NUM_BATCHED_TOKENS,
                 1 << 20,
             )?,
@@ -239,8 +247,11 @@ mod tests {
             }
         );
         assert_eq!(s.core.kv_bytes(Some(1 << 40), 0), 1 << 20);
+        assert_eq!(with_options(&["parallel:4"]).unwrap().core.max_num_seqs, 4);
         for (bad, needle) in [
             ("max_num_seqs:0", "between 1 and"),
+            ("parallel:0", "option `parallel`: 0 must be between 1 and"),
+            ("parallel:abc", "not a valid integer"),
             ("block_size:abc", "not a valid integer"),
             ("enable_prefix_caching:maybe", "boolean"),
             ("kv_cache_memory:-5", "positive number of bytes"),
