@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use backend_common::pb::{HealthMessage, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{bench_prompt, bench_settings, bench_worker, peak_rss};
+use e2e_backends::testing::{bench_prompt, bench_settings, bench_worker, peak_rss, sibling_binary};
 use e2e_backends::worker::Worker;
 
 const NEW_TOKENS: i32 = 64;
@@ -182,12 +182,7 @@ async fn main() -> Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
-    let llama = ours.with_file_name("backend-llamacpp");
-    anyhow::ensure!(
-        llama.is_file(),
-        "{} is missing: cargo build --workspace",
-        llama.display()
-    );
+    let llama = sibling_binary(&ours, "backend-llamacpp")?;
     let options = |extra: &[&str]| ModelOptions {
         model_file: gguf.display().to_string(),
         context_size: 1024,

@@ -22,7 +22,7 @@ use backend_vllm_rs::export::export_hf;
 use backend_vllm_rs::hf::HfFolder;
 use backend_vllm_rs::model::{Model, SingleSequence};
 use e2e_backends::testing::{
-    Timing, bench_prompt, bench_settings, bench_worker, peak_rss, timed_stream,
+    Timing, bench_prompt, bench_settings, bench_worker, peak_rss, sibling_binary, timed_stream,
 };
 
 const CONTEXT: i32 = 1024;
@@ -120,12 +120,7 @@ async fn main() -> Result<()> {
     let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let (threads, rounds) = bench_settings(2);
     let ours_bin = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
-    let llama_bin = ours_bin.with_file_name("backend-llamacpp");
-    anyhow::ensure!(
-        llama_bin.is_file(),
-        "{} is missing: build the workspace first",
-        llama_bin.display()
-    );
+    let llama_bin = sibling_binary(&ours_bin, "backend-llamacpp")?;
     println!(
         "{}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}",
         gguf.display()

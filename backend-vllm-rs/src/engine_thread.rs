@@ -192,7 +192,7 @@ struct Worker {
     stats: Arc<Mutex<KvStats>>,
 }
 
-/// How long an idle engine thread waits for a request before checking again.
+/// How long the engine thread waits for a request when nothing could be scheduled.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// How often a request waiting for its next token checks that its client still listens.
@@ -202,10 +202,10 @@ impl Worker {
     fn run(&mut self) {
         loop {
             if self.active.is_empty() {
-                match self.incoming.recv_timeout(IDLE_WAIT) {
+                // Idle: sleep until a request comes (or the handle is dropped).
+                match self.incoming.recv() {
                     Ok(job) => self.accept(job),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 }
             }
             while let Ok(job) = self.incoming.try_recv() {

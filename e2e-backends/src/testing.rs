@@ -217,6 +217,18 @@ pub async fn bench_worker(binary: &Path, options: ModelOptions) -> anyhow::Resul
     Ok((worker, load_s))
 }
 
+/// The worker binary `name` built beside `binary` (the same target directory), for benchmarks
+/// that measure one worker against the other.
+pub fn sibling_binary(binary: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let sibling = binary.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        sibling.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        sibling.display()
+    );
+    Ok(sibling)
+}
+
 /// Peak resident memory (`VmHWM`) of process `pid` in bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

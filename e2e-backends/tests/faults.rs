@@ -209,8 +209,15 @@ impl Engine for ScriptEngine {
     const OPTIONS: &'static [&'static str] = &["replay"];
 
     fn plan(&self, request: &LoadRequest) -> Result<ScriptModel, EngineError> {
-        // Refuses what is not a GGUF file as the real workers do.
+        // Refuses what is not a GGUF file, and the LoRA adapter it cannot apply, as the real
+        // workers do.
         backend_common::model_path::check_gguf_file(&request.path)?;
+        if let Some(lora) = &request.lora {
+            return Err(EngineError::InvalidArgument(format!(
+                "LoraAdapter `{}`: this double applies no LoRA adapter",
+                lora.path.display()
+            )));
+        }
         let weights = std::fs::metadata(&request.path)
             .map_err(|_| EngineError::ModelNotFound(request.path.clone()))?
             .len();
