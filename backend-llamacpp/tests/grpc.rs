@@ -464,8 +464,3 @@ async fn embeddings_need_the_flag_and_are_normalised() {
     .await;
     assert_eq!(prompt, cat, "Prompt is used when Embeddings is empty");
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn abandoned_queued_requests_cost_no_prefill() {
-    e2e_backends::abandoned::check(BINARY.as_ref(), "parallel:1").await;
-}

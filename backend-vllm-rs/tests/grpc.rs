@@ -283,8 +283,3 @@ async fn bad_models_name_the_problem_and_keep_the_model() {
             .is_empty()
     );
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn abandoned_queued_requests_cost_no_prefill() {
-    e2e_backends::abandoned::check(BINARY.as_ref(), "max_num_seqs:1").await;
-}
