@@ -393,11 +393,6 @@ impl Model {
         )
     }
 
-    /// The dtype of activations and of the KV cache.
-    pub fn compute_dtype(&self) -> DType {
-        self.weights.dtype
-    }
-
     /// Positions a sequence may reach.
     pub fn max_positions(&self) -> usize {
         self.max_positions

@@ -177,11 +177,6 @@ impl Scheduler {
         }
     }
 
-    /// The limits in force.
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.config
-    }
-
     /// Queues a sequence with its prompt, or says why it can never run.
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) -> Result<(), AdmitError> {
         if prompt.is_empty() {
@@ -254,11 +249,6 @@ impl Scheduler {
     /// Whether any sequence is waiting or running.
     pub fn has_work(&self) -> bool {
         !self.seqs.is_empty()
-    }
-
-    /// Tokens of `id` so far (prompt and sampled).
-    pub fn len_of(&self, id: SeqId) -> Option<usize> {
-        self.seqs.get(&id).map(|s| s.tokens.len())
     }
 
     /// How the KV cache is used now.
