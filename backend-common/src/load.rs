@@ -228,13 +228,23 @@ impl LoadRequest {
         };
         crate::parsers::select_parsers("", parsers.tool.as_deref(), parsers.reasoning.as_deref())
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let cores = crate::host::cores();
+        let mut ignored = Vec::new();
         let threads = match o.threads {
             n if n < 0 => {
                 return Err(EngineError::InvalidArgument(format!(
                     "Threads: {n} is negative; use 0 for one per CPU core"
                 )));
             }
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            0 => cores,
+            // More threads than cores only slow decoding down, and a huge count makes the
+            // engines fail to start their thread pools.
+            n if n as u32 > cores => {
+                ignored.push(format!(
+                    "Threads: {n} is more than the {cores} CPU cores this process may use; using {cores}"
+                ));
+                cores
+            }
             n => n as u32,
         };
         let max_model_len = match options.get_int::<i64>(&["max_model_len"])? {
@@ -301,7 +311,6 @@ impl LoadRequest {
                 },
             }
         });
-        let mut ignored = Vec::new();
         // Both workers always render the model's own Jinja template (backend-common's).
         if options.get_bool(&["use_jinja", "jinja"])? == Some(false) {
             ignored.push(
@@ -397,11 +406,29 @@ mod tests {
     }
 
     #[test]
+    fn threads_beyond_the_cores_are_clamped_and_said() {
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let r = load(ModelOptions {
+            threads: 1_000_000,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.threads, cores);
+        assert!(
+            r.ignored
+                .iter()
+                .any(|note| note.contains("Threads: 1000000")),
+            "{:?}",
+            r.ignored
+        );
+    }
+
+    #[test]
     fn fields_map() {
         let r = load(ModelOptions {
             context_size: 1024,
             n_batch: 64,
-            threads: 2,
+            threads: 1,
             seed: 7,
             flash_attention: "on".into(),
             cache_type_key: "q8_0".into(),
@@ -414,7 +441,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!((r.context_size, r.n_batch), (Some(1024), Some(64)));
-        assert_eq!((r.threads, r.seed), (2, Some(7)));
+        assert_eq!((r.threads, r.seed), (1, Some(7)));
         assert_eq!(r.flash_attention, FlashAttention::On);
         assert_eq!(r.cache_type_k, Some(CacheType::Q8_0));
         assert_eq!(

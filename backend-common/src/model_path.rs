@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::engine::EngineError;
+use crate::gguf::GgufHeader;
 use crate::pb::ModelOptions;
 
 /// The path LocalAI means by a LoadModel request. Existence is the engine's check, since
@@ -25,11 +26,10 @@ pub fn resolve(options: &ModelOptions) -> Result<PathBuf, EngineError> {
     }
 }
 
-/// Checks that `path` is a readable GGUF file, naming what is wrong otherwise: a missing path
-/// is [`EngineError::ModelNotFound`], a folder or a file without the GGUF magic is
-/// [`EngineError::InvalidModel`].
-pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
-    use std::io::Read;
+/// Reads the header of the GGUF file at `path`, naming what is wrong otherwise: a missing path
+/// is [`EngineError::ModelNotFound`]; a folder, a file without the GGUF magic, a malformed
+/// header or a file shorter than its tensor table says is [`EngineError::InvalidModel`].
+pub fn check_gguf_file(path: &Path) -> Result<GgufHeader, EngineError> {
     let meta =
         std::fs::metadata(path).map_err(|_| EngineError::ModelNotFound(path.to_path_buf()))?;
     let invalid = |reason: String| EngineError::InvalidModel {
@@ -41,16 +41,7 @@ pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
             "is a directory; this backend loads one GGUF file".into(),
         ));
     }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| invalid(format!("cannot read it: {e}")))?;
-    if &magic != b"GGUF" {
-        return Err(invalid(
-            "not a GGUF file (no GGUF magic at its start)".into(),
-        ));
-    }
-    Ok(())
+    GgufHeader::read(path).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -104,10 +95,11 @@ mod tests {
         std::fs::write(&text, b"text").unwrap();
         let result = check_gguf_file(&text);
         std::fs::write(&text, b"GGUF\x03\x00").unwrap();
-        let ok = check_gguf_file(&text);
+        let cut = check_gguf_file(&text);
         std::fs::remove_file(&text).unwrap();
-        assert!(matches!(result, Err(EngineError::InvalidModel { .. })));
-        assert!(ok.is_ok());
+        for result in [result, cut] {
+            assert!(matches!(result, Err(EngineError::InvalidModel { .. })));
+        }
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub fn generation_request(
         )));
     }
     let grammar = (!req.grammar.trim().is_empty()).then(|| req.grammar.clone());
+    if let Some(grammar) = &grammar {
+        crate::gbnf::check_group_depth(grammar).map_err(|e| InvalidRequest {
+            field: "Grammar",
+            reason: e.to_string(),
+        })?;
+    }
     let tool_call = match prepared.tool_call {
         // "auto": the request's own grammar decides the whole output.
         Some(call) if grammar.is_some() && call.lazy.is_some() => None,

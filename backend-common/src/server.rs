@@ -15,9 +15,10 @@ use crate::chat::ChatSetup;
 use crate::cli::ServeArgs;
 use crate::engine::{
     EmbedInput, Engine, EngineError, Flow, GeneratedToken, GenerationRequest, LoadedModel,
-    TokenSink,
+    ModelInfo, TokenSink,
 };
 use crate::load::LoadRequest;
+use crate::message_limit::MessageLimitLayer;
 use crate::options::OptionError;
 use crate::parsers::ChatParser;
 use crate::pb::backend_server::{Backend, BackendServer};
@@ -114,6 +115,16 @@ struct Served<M> {
     model: M,
     chat: ChatSetup,
     limits: ModelLimits,
+    /// The request it was loaded from, to load it again when a later load fails.
+    origin: Origin,
+}
+
+/// A LoadModel request as the server keeps it.
+#[derive(Clone)]
+struct Origin {
+    load: LoadRequest,
+    /// The model file's name, which picks the chat layer's defaults.
+    file_name: String,
 }
 
 /// The model slot: `None` before LoadModel, after Free, and while a load runs.
@@ -154,6 +165,33 @@ impl<E: Engine> BackendService<E> {
 
     /// Replaces the served model; the old one is released outside the lock (dropping weights
     /// takes a moment) once its running requests end.
+    /// Loads `plan` into the empty `slot`.
+    fn install(
+        engine: &E,
+        slot: &Slot<E::Model>,
+        plan: E::Plan,
+        origin: Origin,
+    ) -> Result<ModelInfo, EngineError> {
+        let (model, info) = engine.load(plan)?;
+        let chat = ChatSetup::new(&info, &origin.file_name, &origin.load.parsers)?;
+        let limits = ModelLimits {
+            context_length: info.context_length,
+            vocab_size: info.vocab_size,
+            seed: origin.load.seed,
+            grammar_triggers: origin.load.grammar_triggers.clone(),
+        };
+        Self::swap(
+            slot,
+            Some(Arc::new(Served {
+                model,
+                chat,
+                limits,
+                origin,
+            })),
+        );
+        Ok(info)
+    }
+
     fn swap(slot: &Slot<E::Model>, next: Option<Arc<Served<E::Model>>>) {
         let previous =
             std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), next);
@@ -286,31 +324,39 @@ impl<E: Engine> Backend for BackendService<E> {
         let _one_at_a_time = self.loading.lock().await;
         let engine = Arc::clone(&self.engine);
         let slot = Arc::clone(&self.served);
-        let result = blocking(span.clone(), move || {
+        let outcome = blocking(span.clone(), move || {
             let plan = engine.plan(&load)?;
+            let previous = slot
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|served| served.origin.clone());
             // The old model goes first so two never share memory; the plan's checks keep a
-            // bad request from costing the loaded model.
+            // bad request from costing the loaded model, and a load that fails past them
+            // brings the old model back.
             Self::swap(&slot, None);
-            let (model, info) = engine.load(plan)?;
-            let chat = ChatSetup::new(&info, &file_name, &load.parsers)?;
-            let limits = ModelLimits {
-                context_length: info.context_length,
-                vocab_size: info.vocab_size,
-                seed: load.seed,
-                grammar_triggers: load.grammar_triggers,
+            let error = match Self::install(&engine, &slot, plan, Origin { load, file_name }) {
+                Ok(info) => return Ok(Ok(info)),
+                Err(error) => error,
             };
-            Self::swap(
-                &slot,
-                Some(Arc::new(Served {
-                    model,
-                    chat,
-                    limits,
-                })),
-            );
-            Ok(info)
+            let Some(previous) = previous else {
+                return Ok(Err((error, None)));
+            };
+            let path = previous.load.path.display().to_string();
+            let note = match engine
+                .plan(&previous.load)
+                .and_then(|plan| Self::install(&engine, &slot, plan, previous))
+            {
+                Ok(_) => format!("the model loaded before ({path}) serves again"),
+                Err(again) => {
+                    tracing::error!(error = %again, "the model loaded before could not be loaded again");
+                    format!("the model loaded before ({path}) could not be loaded again: {again}")
+                }
+            };
+            Ok(Err((error, Some(note))))
         })
-        .await;
-        match result {
+        .await?;
+        match outcome {
             Ok(info) => {
                 self.state.set_load_error(None);
                 span.in_scope(|| tracing::info!(path = %path.display(), name = ?info.name, ctx = info.context_length, "model loaded"));
@@ -319,11 +365,15 @@ impl<E: Engine> Backend for BackendService<E> {
                     success: true,
                 }))
             }
-            Err(status) => {
-                self.state
-                    .set_load_error(Some(status.message().to_string()));
-                span.in_scope(|| tracing::warn!(error = status.message(), "load failed"));
-                Err(status)
+            Err((error, note)) => {
+                let status = Status::from(error);
+                let message = match note {
+                    Some(note) => format!("{}; {note}", status.message()),
+                    None => status.message().to_string(),
+                };
+                self.state.set_load_error(Some(message.clone()));
+                span.in_scope(|| tracing::warn!(error = message, "load failed"));
+                Err(Status::new(status.code(), capped(message)))
             }
         }
     }
@@ -545,6 +595,7 @@ pub async fn serve<E: Engine>(
     };
     tonic::transport::Server::builder()
         .layer(InterceptorLayer::new(auth))
+        .layer(MessageLimitLayer::new(MESSAGE_LIMIT))
         .add_service(service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -158,7 +158,26 @@ impl Engine for LlamaEngine {
 
     fn plan(&self, request: &LoadRequest) -> Result<LlamaPlan, EngineError> {
         let settings = LoadSettings::from_request(request)?;
-        backend_common::model_path::check_gguf_file(&request.path)?;
+        let header = backend_common::model_path::check_gguf_file(&request.path)?;
+        if let (Some(kv_elements), Some(memory)) = (
+            header.kv_elements_per_token(),
+            backend_common::host::machine_memory(),
+        ) {
+            let n_ctx_train = header
+                .arch_int("context_length")
+                .map_or(settings::DEFAULT_CONTEXT, |n| {
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                });
+            let weights = std::fs::metadata(&request.path).map_or(0, |m| m.len());
+            settings::check_memory_fits(
+                request,
+                &settings,
+                n_ctx_train,
+                kv_elements,
+                weights,
+                memory,
+            )?;
+        }
         if let Some(lora) = &request.lora
             && !lora.path.is_file()
         {

@@ -72,6 +72,36 @@ pub fn effective_context(req: &LoadRequest, n_ctx_train: u32) -> u32 {
         .unwrap_or_else(|| n_ctx_train.clamp(1, DEFAULT_CONTEXT))
 }
 
+/// Refuses a load whose weights and KV cache could never fit in the machine's `memory`, worked
+/// out from the model's own numbers before anything is loaded (llama.cpp would spend most of
+/// a minute allocating before it failed). `kv_elements` are the model's key and value elements
+/// per position; `weights` its file size.
+pub fn check_memory_fits(
+    req: &LoadRequest,
+    s: &LoadSettings,
+    n_ctx_train: u32,
+    kv_elements: (u64, u64),
+    weights: u64,
+    memory: u64,
+) -> Result<(), EngineError> {
+    let per_slot = effective_context(req, n_ctx_train);
+    let positions = u64::from(per_slot) * u64::from(s.parallel + u32::from(req.embeddings));
+    let k = bytes_per_element(req.cache_type_k.unwrap_or(CacheType::F16));
+    let v = bytes_per_element(req.cache_type_v.unwrap_or(CacheType::F16));
+    let kv = positions as f64 * (kv_elements.0 as f64 * k + kv_elements.1 as f64 * v);
+    if kv + weights as f64 <= memory as f64 {
+        return Ok(());
+    }
+    let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
+    Err(EngineError::ResourceExhausted(format!(
+        "a context of {per_slot} tokens for each of {} sequences needs {:.1} GiB of KV cache besides {:.1} GiB of weights, and this machine has {:.1} GiB; lower ContextSize, the `parallel` option, or the cache types",
+        s.parallel + u32::from(req.embeddings),
+        gib(kv),
+        gib(weights as f64),
+        gib(memory as f64),
+    )))
+}
+
 /// Bytes per KV cache element, for memory estimates (block formats rounded up).
 pub fn bytes_per_element(t: CacheType) -> f64 {
     match t {
@@ -87,6 +117,41 @@ pub fn bytes_per_element(t: CacheType) -> f64 {
 mod tests {
     use super::*;
     use backend_common::pb::ModelOptions;
+
+    #[test]
+    fn impossible_contexts_are_refused_from_the_numbers() {
+        let request = |context_size| {
+            LoadRequest::from_proto(&ModelOptions {
+                model_file: "/m/x.gguf".into(),
+                context_size,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        // SmolLM2-135M: 30 layers x 3 KV heads x 64 for keys and values; 100 MB of weights.
+        let kv = (30 * 3 * 64, 30 * 3 * 64);
+        let fits = |context_size, memory| {
+            let req = request(context_size);
+            let s = LoadSettings::from_request(&req).unwrap();
+            check_memory_fits(&req, &s, 8192, kv, 100 << 20, memory)
+        };
+        // 8192 x 4 positions x 23040 elements x 2 x 2 bytes = 2.8 GiB.
+        assert!(fits(0, 24 << 30).is_ok());
+        assert!(fits(8192, 3 << 30).is_ok());
+        match fits(1_000_000_000, 24 << 30) {
+            Err(EngineError::ResourceExhausted(message)) => {
+                assert!(
+                    message.contains("1000000000 tokens") && message.contains("ContextSize"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            fits(8192, 2 << 30),
+            Err(EngineError::ResourceExhausted(_))
+        ));
+    }
 
     fn request(o: ModelOptions) -> LoadRequest {
         LoadRequest::from_proto(&ModelOptions {

@@ -66,14 +66,6 @@ fn internal(e: ModelError) -> EngineError {
     EngineError::Internal(e.to_string())
 }
 
-/// Total memory of the machine, from `/proc/meminfo` (None where it cannot be read).
-fn machine_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Where a LoadModel request's model is.
 enum Source {
     /// A GGUF file.
@@ -219,7 +211,7 @@ impl Engine for CandleEngine {
         let config = &prepared.config;
         let max_len = settings.effective_max_len(config.context_length)?;
         let core = settings.core.clone();
-        let total = machine_memory();
+        let total = backend_common::host::machine_memory();
         let budget = total.map(|t| (t as f64 * settings.memory_utilization) as u64);
         let weights = prepared.weight_bytes;
         let kv_bytes = core.kv_bytes(budget, weights);

@@ -1,7 +1,6 @@
 //! Incremental parser of one JSON tool-call object, `{"name": ..., "arguments": ...}`.
 //!
-//! The arguments value is passed through as raw text, piece by piece, so that a caller can stream
-//! it before the object is complete. `parameters` is accepted as an alias of `arguments`.
+//! The arguments value is gathered as raw text, piece by piece, as the model wrote it. `parameters` is accepted as an alias of `arguments`.
 
 use super::json_scan::{Feed, JsonScanner};
 
@@ -84,21 +83,6 @@ impl CallObject {
     /// Takes the arguments text gathered since the previous call.
     pub(crate) fn take_arguments(&mut self) -> String {
         std::mem::take(&mut self.arguments)
-    }
-
-    /// The arguments text gathered since the previous take or clear.
-    pub(crate) fn arguments(&self) -> &str {
-        &self.arguments
-    }
-
-    /// Forgets the gathered arguments text, keeping its buffer for the next piece.
-    pub(crate) fn clear_arguments(&mut self) {
-        self.arguments.clear();
-    }
-
-    /// True while the arguments value is being read.
-    pub(crate) fn in_arguments(&self) -> bool {
-        self.state == State::InValue(Field::Arguments)
     }
 
     /// Feeds the next piece of text.

@@ -290,19 +290,109 @@ mod tests {
         let first = parser.push("<think>plan</think>Calling.");
         assert_eq!(first.reasoning_content, "plan");
         assert_eq!(first.content, "Calling.");
+        // A call is reported once its JSON is whole: until then it may still turn out to be
+        // malformed, and then it is content.
         let second = parser.push("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": [1, ");
-        assert_eq!(second.tool_calls[0].index, 0);
+        assert!(second.tool_calls.is_empty() && second.content.is_empty());
+        let third = parser.push("2]}}</tool_call>");
+        assert_eq!(third.tool_calls[0].index, 0);
         assert!(
-            second.tool_calls[0]
+            third.tool_calls[0]
                 .id
                 .as_deref()
                 .is_some_and(|id| id.starts_with("call_"))
         );
-        assert_eq!(second.tool_calls[0].arguments, "{\"x\": [1, ");
-        let third = parser.push("2]}}</tool_call>");
-        assert_eq!(third.tool_calls[0].id, None);
-        assert_eq!(third.tool_calls[0].arguments, "2]}");
+        assert_eq!(third.tool_calls[0].name.as_deref(), Some("f"));
+        assert_eq!(third.tool_calls[0].arguments, "{\"x\": [1, 2]}");
         parser.finish();
         assert_eq!(parser.message().tool_calls[0].arguments, "{\"x\": [1, 2]}");
+    }
+}
+
+#[cfg(test)]
+mod malformed_calls {
+    use super::*;
+    use crate::parsers::{ToolParserKind, ToolSpec};
+
+    /// Output of `kind` around `body`, parsed whole and streamed cut at every byte.
+    fn parse_every_way(kind: ToolParserKind, text: &str) -> Vec<ParsedMessage> {
+        let tools = ToolSpec::list_from_openai_json(
+            r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#,
+        )
+        .unwrap();
+        let options = || ParseOptions {
+            tools: tools.clone(),
+            ..Default::default()
+        };
+        let mut all = vec![ChatParser::parse(Some(kind), None, options(), text)];
+        for cut in (1..text.len()).filter(|&cut| text.is_char_boundary(cut)) {
+            let mut parser = ChatParser::new(Some(kind), None, options());
+            parser.push(&text[..cut]);
+            parser.push(&text[cut..]);
+            parser.finish();
+            all.push(parser.message());
+        }
+        all
+    }
+
+    const FORMATS: &[(ToolParserKind, &str, &str)] = &[
+        (ToolParserKind::Hermes, "<tool_call>\n", "\n</tool_call>"),
+        (
+            ToolParserKind::LlamacppHermes2Pro,
+            "<tool_call>\n",
+            "\n</tool_call>",
+        ),
+        (ToolParserKind::Llama3Json, "", ""),
+        (ToolParserKind::Mistral, "[TOOL_CALLS][", "]"),
+        (ToolParserKind::Mistral, "[TOOL_CALLS]get_weather", ""),
+        (ToolParserKind::Xlam, "[", "]"),
+        (ToolParserKind::Jamba, "<tool_calls>[", "]</tool_calls>"),
+    ];
+
+    #[test]
+    fn a_call_that_is_not_json_comes_back_as_content() {
+        for &(kind, open, close) in FORMATS {
+            let body = if open.ends_with("get_weather") {
+                "{city: \"Paris\"}"
+            } else {
+                "{\"name\": \"get_weather\", \"arguments\": {city: \"Paris\"}}"
+            };
+            let text = format!("{open}{body}{close}");
+            for message in parse_every_way(kind, &text) {
+                assert!(
+                    message.tool_calls.is_empty(),
+                    "{kind:?} {text:?}: {message:?}"
+                );
+                let content = message.content.unwrap_or_default();
+                assert!(
+                    content.contains("city: \"Paris\""),
+                    "{kind:?} {text:?}: the model's text is lost ({content:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn arguments_written_as_a_json_string_holding_an_object_are_that_object() {
+        // Mistral's named form needs an object after the name, so it is not tried here.
+        for &(kind, open, close) in FORMATS
+            .iter()
+            .filter(|(_, open, _)| !open.ends_with("get_weather"))
+        {
+            let body =
+                "{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\"}\"}";
+            let text = format!("{open}{body}{close}");
+            for message in parse_every_way(kind, &text) {
+                assert_eq!(
+                    message.tool_calls.len(),
+                    1,
+                    "{kind:?} {text:?}: {message:?}"
+                );
+                assert_eq!(
+                    message.tool_calls[0].arguments, "{\"city\": \"Paris\"}",
+                    "{kind:?} {text:?}"
+                );
+            }
+        }
     }
 }

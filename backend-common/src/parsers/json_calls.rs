@@ -167,8 +167,6 @@ enum Mode {
     Name,
     /// A JSON arguments value, scanned by [`JsonCalls::scanner`].
     Arguments,
-    /// Arguments that are not valid JSON, passed through until a close tag or opener.
-    RawArguments,
     /// After a body: optional whitespace and close tag.
     Close,
 }
@@ -182,8 +180,6 @@ pub(crate) struct JsonCalls {
     options: ParseOptions,
     /// Openers, then the markup to strip.
     markers: MarkerList,
-    /// Per opener: where raw (non-JSON) arguments stop: its close tag and every tag opener.
-    raw_stops: Vec<MarkerList>,
     mode: Mode,
     /// The call object being read (`Mode::Object` and `Mode::Array`).
     object: CallObject,
@@ -220,29 +216,12 @@ impl JsonCalls {
             .map(|opener| opener.open)
             .chain(format.strip.iter().copied())
             .collect();
-        let tag_openers = format
-            .openers
-            .iter()
-            .filter(|opener| !opener.part_of_body)
-            .map(|opener| opener.open);
-        let raw_stops = format
-            .openers
-            .iter()
-            .map(|opener| {
-                opener
-                    .close
-                    .into_iter()
-                    .chain(tag_openers.clone())
-                    .collect()
-            })
-            .collect();
         let absorbs_ws =
             format.trim_before_calls || format.openers.iter().any(|opener| opener.absorb_ws);
         JsonCalls {
             format,
             options,
             markers,
-            raw_stops,
             mode: Mode::Prose,
             object: CallObject::new(),
             name: String::new(),
@@ -360,21 +339,9 @@ impl JsonCalls {
         !self.current().check_name || self.options.has_tool(name)
     }
 
-    /// Announces the object's call once it qualifies (Commit::AtName).
-    fn try_commit_object(&mut self, out: &mut dyn Sink) -> bool {
-        if self.call_committed || self.format.commit != Commit::AtName {
-            return true;
-        }
-        let Some(name) = self.object.name().map(str::to_owned) else {
-            return true;
-        };
-        if !self.accepts(&name) {
-            return false;
-        }
-        if self.object.arguments_seen() || !self.format.require_arguments {
-            self.announce(&name, out);
-        }
-        true
+    /// False once the object names a function this opener refuses.
+    fn object_name_accepted(&self) -> bool {
+        self.object.name().is_none_or(|name| self.accepts(name))
     }
 
     /// Feeds a call object (alone or as an array item); returns bytes used and the feed result.
@@ -384,43 +351,22 @@ impl JsonCalls {
             ObjectFeed::More => rest.len(),
             ObjectFeed::Done(n) | ObjectFeed::Invalid(n) => n,
         };
-        if !self.call_committed {
-            self.hold(&rest[..used]);
-        }
+        self.hold(&rest[..used]);
         // An object whose name is refused is rejected only where it ends or breaks, as when the
         // whole text comes in one piece. Rejecting it as soon as its name ended would rescan the
         // rest of it as prose (a `<tool_call>` in it opening a call) only when a piece ended there.
-        if !self.try_commit_object(out) && fed != ObjectFeed::More {
-            return (used, ObjectOutcome::Rejected);
-        }
-        if self.call_committed {
-            out.call_args(self.object.arguments());
-            self.object.clear_arguments();
-        }
         let outcome = match fed {
             ObjectFeed::More => ObjectOutcome::More,
+            _ if !self.object_name_accepted() => ObjectOutcome::Rejected,
             ObjectFeed::Done(_) => self.object_done(out),
-            ObjectFeed::Invalid(_) if self.call_committed && self.object.in_arguments() => {
-                ObjectOutcome::RawArguments
-            }
-            ObjectFeed::Invalid(_) if self.call_committed => {
-                if !self.object.arguments_seen() {
-                    out.call_args("{}");
-                }
-                ObjectOutcome::Finished
-            }
+            // Not JSON (a missing brace, an unquoted key): the text is content, as in vLLM.
             ObjectFeed::Invalid(_) => ObjectOutcome::Rejected,
         };
         (used, outcome)
     }
 
+    /// A whole call object: its call, when it names an accepted function.
     fn object_done(&mut self, out: &mut dyn Sink) -> ObjectOutcome {
-        if self.call_committed {
-            if !self.object.arguments_seen() {
-                out.call_args("{}");
-            }
-            return ObjectOutcome::Finished;
-        }
         let Some(name) = self.object.name().map(str::to_owned) else {
             return ObjectOutcome::Rejected;
         };
@@ -428,10 +374,11 @@ impl JsonCalls {
         if !self.accepts(&name) || (self.format.require_arguments && !arguments_seen) {
             return ObjectOutcome::Rejected;
         }
-        let mut arguments = self.object.take_arguments();
-        if !arguments_seen {
-            arguments = "{}".to_owned();
-        }
+        let arguments = if arguments_seen {
+            unwrap_string_arguments(self.object.take_arguments())
+        } else {
+            "{}".to_owned()
+        };
         match self.format.commit {
             Commit::AtName => {
                 self.announce(&name, out);
@@ -540,7 +487,6 @@ impl JsonCalls {
         match outcome {
             ObjectOutcome::More => self.mode = Mode::Object,
             ObjectOutcome::Finished => self.mode = Mode::Close,
-            ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
             ObjectOutcome::Rejected => self.fail_candidate(out),
         }
         Some(used)
@@ -594,7 +540,6 @@ impl JsonCalls {
                         self.call_committed = false;
                         self.mode = Mode::Array(ArrayExpect::CommaOrEnd);
                     }
-                    ObjectOutcome::RawArguments => self.mode = Mode::RawArguments,
                     ObjectOutcome::Rejected => self.fail_candidate(out),
                 }
                 Some(used)
@@ -638,12 +583,9 @@ impl JsonCalls {
             return Some(taken);
         }
         let used = taken + if consume_end { name_end.len() } else { 0 };
-        let name = std::mem::take(&mut self.name);
-        match self.format.commit {
-            Commit::AtName => self.announce(&name, out),
-            // Named formats are not used with Commit::AtClose; keep the name for the close.
-            Commit::AtClose => self.pending_call = Some((name, String::new())),
-        }
+        self.hold(&rest[taken..used]);
+        // The call waits for its arguments: text that is not JSON makes it content.
+        self.pending_call = Some((std::mem::take(&mut self.name), String::new()));
         self.scanner = JsonScanner::new();
         self.mode = Mode::Arguments;
         Some(used)
@@ -657,40 +599,29 @@ impl JsonCalls {
                 return Some(ws);
             }
         }
-        let (used, next) = match self.scanner.feed(rest) {
-            Feed::More => (rest.len(), Mode::Arguments),
-            Feed::Done(n) => (n, Mode::Close),
-            Feed::Invalid(n) => (n, Mode::RawArguments),
+        let (used, done) = match self.scanner.feed(rest) {
+            Feed::More => (rest.len(), false),
+            Feed::Done(n) => (n, true),
+            Feed::Invalid(n) => {
+                // Not JSON: the text is content, as in vLLM.
+                self.hold(&rest[..n]);
+                self.fail_candidate(out);
+                return Some(n);
+            }
         };
-        self.arguments(&rest[..used], out);
-        self.mode = next;
+        self.hold(&rest[..used]);
+        if let Some((_, arguments)) = &mut self.pending_call {
+            arguments.push_str(&rest[..used]);
+        }
+        self.mode = if done { Mode::Close } else { Mode::Arguments };
+        if done
+            && self.format.commit == Commit::AtName
+            && let Some((name, arguments)) = self.pending_call.take()
+        {
+            self.announce(&name, out);
+            out.call_args(&unwrap_string_arguments(arguments));
+        }
         Some(used)
-    }
-
-    fn arguments(&mut self, text: &str, out: &mut dyn Sink) {
-        match &mut self.pending_call {
-            Some((_, arguments)) => arguments.push_str(text),
-            None => out.call_args(text),
-        }
-    }
-
-    fn step_raw_arguments(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
-        self.mode = Mode::RawArguments;
-        match self.raw_stops[self.opener].markers().scan(rest, end) {
-            Scan::Found { at, .. } => {
-                self.arguments(&rest[..at], out);
-                self.mode = Mode::Close;
-                Some(at)
-            }
-            Scan::Partial { at } => {
-                self.arguments(&rest[..at], out);
-                (at > 0).then_some(at)
-            }
-            Scan::Clear => {
-                self.arguments(rest, out);
-                Some(rest.len())
-            }
-        }
     }
 
     fn step_close(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
@@ -722,7 +653,7 @@ impl JsonCalls {
     fn close_done(&mut self, out: &mut dyn Sink) {
         if let Some((name, arguments)) = self.pending_call.take() {
             self.announce(&name, out);
-            out.call_args(&arguments);
+            out.call_args(&unwrap_string_arguments(arguments));
         }
         self.held.clear();
         self.call_committed = false;
@@ -730,11 +661,24 @@ impl JsonCalls {
     }
 }
 
+/// Arguments the model wrote as a JSON string that holds a JSON object are that object (not
+/// the string, which clients would have to decode twice); any other value is kept as written.
+fn unwrap_string_arguments(arguments: String) -> String {
+    let held = serde_json::from_str::<String>(&arguments)
+        .ok()
+        .filter(|inner| {
+            serde_json::from_str::<serde_json::Value>(inner).is_ok_and(|value| value.is_object())
+        });
+    match held {
+        Some(inner) => inner.trim().to_owned(),
+        None => arguments,
+    }
+}
+
 /// What a fed call object amounted to.
 enum ObjectOutcome {
     More,
     Finished,
-    RawArguments,
     Rejected,
 }
 
@@ -758,7 +702,6 @@ impl Stage for JsonCalls {
             Mode::Array(expect) => self.step_array(expect, rest, out),
             Mode::Name => self.step_name(rest, end, out),
             Mode::Arguments => self.step_arguments(rest, out),
-            Mode::RawArguments => self.step_raw_arguments(rest, end, out),
             Mode::Close => self.step_close(rest, end, out),
         }
     }
@@ -766,23 +709,39 @@ impl Stage for JsonCalls {
     fn finish(&mut self, out: &mut dyn Sink) {
         match std::mem::replace(&mut self.mode, Mode::Prose) {
             Mode::Prose | Mode::ContentOnly => {}
-            Mode::Arguments if self.call_committed && self.scanner.is_untouched() => {
-                out.call_args("{}");
+            // The output ended inside a call's arguments (a generation cut at its token limit):
+            // the call with what was written, as vLLM's and llama.cpp's parsers report it.
+            Mode::Arguments if self.format.commit == Commit::AtName => {
+                if let Some((name, arguments)) = self.pending_call.take() {
+                    self.announce(&name, out);
+                    if arguments.is_empty() {
+                        out.call_args("{}");
+                    } else {
+                        out.call_args(&arguments);
+                    }
+                }
             }
             Mode::Object | Mode::Array(ArrayExpect::Item)
-                if self.call_committed && !self.object.arguments_seen() =>
+                if self.format.commit == Commit::AtName
+                    && self.object.name().is_some_and(|name| self.accepts(name))
+                    && (self.object.arguments_seen() || !self.format.require_arguments) =>
             {
-                out.call_args("{}");
+                let name = self.object.name().unwrap_or_default().to_owned();
+                self.announce(&name, out);
+                if self.object.arguments_seen() {
+                    out.call_args(&self.object.take_arguments());
+                } else {
+                    out.call_args("{}");
+                }
             }
             Mode::Close if self.pending_call.is_none() => {}
-            Mode::Arguments | Mode::RawArguments | Mode::Object | Mode::Array(..)
-                if self.call_committed || self.candidate_committed => {}
+            // The unfinished item of an array whose earlier calls were reported.
+            Mode::Arguments | Mode::Object | Mode::Array(..) if self.candidate_committed => {}
             Mode::Skip
             | Mode::Object
             | Mode::Array(..)
             | Mode::Name
             | Mode::Arguments
-            | Mode::RawArguments
             | Mode::Close => {
                 if !self.format.release_unfinished {
                     self.held.clear();

@@ -56,6 +56,8 @@ enum Mode {
     Rest,
     /// Whitespace after the end marker that is being dropped.
     SkipWs,
+    /// Just after a start marker: the line break that ends the marker's line is markup.
+    AfterStart,
 }
 
 /// Streaming splitter for a [`ThinkFormat`].
@@ -124,6 +126,19 @@ impl ThinkTags {
                 }
                 Some(ws)
             }
+            Mode::AfterStart => {
+                self.mode = Mode::Reasoning;
+                if rest.starts_with("\r\n") {
+                    Some(2)
+                } else if rest.starts_with('\n') {
+                    Some(1)
+                } else if rest == "\r" && end.may_continue_marker() {
+                    self.mode = Mode::AfterStart;
+                    None
+                } else {
+                    Some(0)
+                }
+            }
         }
     }
 
@@ -140,6 +155,7 @@ impl ThinkTags {
                     Some(at + len)
                 } else if marker < ends + starts {
                     // A start tag inside reasoning is redundant markup.
+                    self.mode = Mode::AfterStart;
                     Some(at + len)
                 } else {
                     self.mode = Mode::Rest;
@@ -171,7 +187,7 @@ impl ThinkTags {
         if self.format.report_empty {
             out.reasoning_section();
         }
-        self.mode = Mode::Reasoning;
+        self.mode = Mode::AfterStart;
     }
 
     fn step_content(&mut self, rest: &str, end: End, out: &mut dyn Sink) -> Option<usize> {
@@ -255,6 +271,38 @@ mod tests {
 
     const THINK: &[&str] = &["<think>"];
     const UNTHINK: &[&str] = &["</think>"];
+
+    #[test]
+    fn the_line_break_after_a_start_marker_is_not_reasoning() {
+        let format = || ThinkFormat {
+            starts_open: false,
+            ..ThinkFormat::opened_by_template(THINK, UNTHINK)
+        };
+        for text in [
+            "<think>\nhmm\n</think>Answer",
+            "<think>\r\nhmm\n</think>Answer",
+        ] {
+            for cut in 0..=text.len() {
+                assert_eq!(
+                    run(format(), false, &[&text[..cut], &text[cut..]]),
+                    (Some("hmm\n".into()), Some("Answer".into())),
+                    "{text:?} cut at {cut}"
+                );
+            }
+        }
+        // Only one line break is markup; a start marker the template wrote leaves the output's
+        // first line break alone.
+        assert_eq!(
+            run(format(), false, &["<think>\n\nhmm</think>"])
+                .0
+                .as_deref(),
+            Some("\nhmm")
+        );
+        assert_eq!(
+            run(format(), true, &["\nhmm</think>"]).0.as_deref(),
+            Some("\nhmm")
+        );
+    }
 
     #[test]
     fn forced_open_reasoning_ends_at_a_split_end_tag() {
