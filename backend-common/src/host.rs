@@ -12,3 +12,18 @@ pub fn machine_memory() -> Option<u64> {
 pub fn cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
+
+/// Hands the heap's free memory back to the operating system. glibc keeps what a process
+/// frees (and, after large frees, serves even large allocations from its heap), so without
+/// this a worker stays at its loaded size after Free.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own allocator state, under its own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory on their own.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}

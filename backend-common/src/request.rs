@@ -27,6 +27,17 @@ pub fn generation_request(
     tokens: Vec<i32>,
     model: &ModelLimits,
 ) -> Result<(GenerationRequest, Option<ChatParser>), EngineError> {
+    for (field, given) in [
+        ("Images", req.images.len()),
+        ("Videos", req.videos.len()),
+        ("Audios", req.audios.len()),
+    ] {
+        if given > 0 {
+            return Err(EngineError::InvalidArgument(format!(
+                "{field}: {given} given, but this backend serves text-only models (it has no multimodal projector); send text only"
+            )));
+        }
+    }
     if tokens.is_empty() {
         return Err(EngineError::InvalidArgument(
             "the prompt tokenizes to nothing; send some text".into(),
@@ -146,6 +157,25 @@ mod tests {
                 bare_object_at_start: false,
             }),
         }
+    }
+
+    #[test]
+    fn media_and_deep_grammars_are_refused_naming_the_field() {
+        let media = PredictOptions {
+            audios: vec!["aGk=".into()],
+            ..Default::default()
+        };
+        let error = build(&media, vec![1]).unwrap_err().to_string();
+        assert!(error.starts_with("Audios: 1 given"), "{error}");
+        let deep = PredictOptions {
+            grammar: format!("root ::= {}\"a\"{}", "(".repeat(500), ")".repeat(500)),
+            ..Default::default()
+        };
+        let error = build(&deep, vec![1]).unwrap_err().to_string();
+        assert!(
+            error.contains("Grammar") && error.contains("nested"),
+            "{error}"
+        );
     }
 
     #[test]

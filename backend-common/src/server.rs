@@ -195,7 +195,10 @@ impl<E: Engine> BackendService<E> {
     fn swap(slot: &Slot<E::Model>, next: Option<Arc<Served<E::Model>>>) {
         let previous =
             std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), next);
-        drop(previous);
+        if let Some(previous) = previous {
+            drop(previous);
+            crate::host::release_free_memory();
+        }
     }
 
     fn span(&self, method: &'static str, correlation: &str) -> tracing::Span {
@@ -325,7 +328,10 @@ impl<E: Engine> Backend for BackendService<E> {
         let engine = Arc::clone(&self.engine);
         let slot = Arc::clone(&self.served);
         let outcome = blocking(span.clone(), move || {
-            let plan = engine.plan(&load)?;
+            let plan = match engine.plan(&load) {
+                Ok(plan) => plan,
+                Err(refused) => return Ok(Err((refused, None))),
+            };
             let previous = slot
                 .read()
                 .unwrap_or_else(|e| e.into_inner())

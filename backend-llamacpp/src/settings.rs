@@ -135,9 +135,9 @@ mod tests {
             let s = LoadSettings::from_request(&req).unwrap();
             check_memory_fits(&req, &s, 8192, kv, 100 << 20, memory)
         };
-        // 8192 x 4 positions x 23040 elements x 2 x 2 bytes = 2.8 GiB.
+        // 8192 x 4 positions x (5760 + 5760) elements x 2 bytes = 0.70 GiB, besides 0.1 GiB.
         assert!(fits(0, 24 << 30).is_ok());
-        assert!(fits(8192, 3 << 30).is_ok());
+        assert!(fits(8192, 1 << 30).is_ok());
         match fits(1_000_000_000, 24 << 30) {
             Err(EngineError::ResourceExhausted(message)) => {
                 assert!(
@@ -148,7 +148,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            fits(8192, 2 << 30),
+            fits(8192, 768 << 20),
             Err(EngineError::ResourceExhausted(_))
         ));
     }

@@ -229,6 +229,33 @@ pub fn sibling_binary(binary: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(sibling)
 }
 
+/// A well-formed GGUF v3 without weights worth the name: `general.architecture`, its
+/// `context_length`, and one tensor of 16 F32 zeros. For doubles and for loads that must fail
+/// past the header.
+pub fn tiny_gguf(architecture: &str, context_length: u64) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(1u64.to_le_bytes());
+    out.extend(2u64.to_le_bytes());
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    };
+    string(&mut out, "general.architecture");
+    out.extend(8u32.to_le_bytes());
+    string(&mut out, architecture);
+    string(&mut out, &format!("{architecture}.context_length"));
+    out.extend(10u32.to_le_bytes());
+    out.extend(context_length.to_le_bytes());
+    string(&mut out, "token_embd.weight");
+    out.extend(1u32.to_le_bytes());
+    out.extend(16u64.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.resize(out.len().div_ceil(32) * 32 + 64, 0);
+    out
+}
+
 /// Peak resident memory (`VmHWM`) of process `pid` in bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -209,9 +209,24 @@ impl Engine for ScriptEngine {
     const OPTIONS: &'static [&'static str] = &["replay"];
 
     fn plan(&self, request: &LoadRequest) -> Result<ScriptModel, EngineError> {
-        // Refuses what is not a GGUF file, and the LoRA adapter it cannot apply, as the real
-        // workers do.
-        backend_common::model_path::check_gguf_file(&request.path)?;
+        // Refuses what is not a GGUF file, an architecture it does not know, a context longer
+        // than the model's and the LoRA adapter it cannot apply, as the real workers do.
+        let header = backend_common::model_path::check_gguf_file(&request.path)?;
+        let architecture = header.architecture().unwrap_or_default();
+        if !matches!(architecture, "llama" | "qwen2") {
+            return Err(EngineError::InvalidModel {
+                path: request.path.clone(),
+                reason: format!("architecture `{architecture}` is not one this double knows"),
+            });
+        }
+        let trained = header.arch_int("context_length").unwrap_or(4096);
+        if let Some(n) = request.context_size
+            && u64::from(n) > trained
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "ContextSize {n} is longer than the {trained} positions the model was trained on"
+            )));
+        }
         if let Some(lora) = &request.lora {
             return Err(EngineError::InvalidArgument(format!(
                 "LoraAdapter `{}`: this double applies no LoRA adapter",
@@ -656,8 +671,15 @@ fn serve_double() -> anyhow::Result<()> {
             token: std::env::var(AUTH_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             streams: Arc::new(AtomicUsize::new(0)),
         };
+        // The size limit as the workers' server sets it.
+        let limit = backend_common::server::MESSAGE_LIMIT;
         tonic::transport::Server::builder()
-            .add_service(BackendServer::new(service))
+            .layer(backend_common::message_limit::MessageLimitLayer::new(limit))
+            .add_service(
+                BackendServer::new(service)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 backend_common::server::termination_signal(),
@@ -670,10 +692,8 @@ fn serve_double() -> anyhow::Result<()> {
 /// Runs the harness against the double with `fault`; the outcome of each capability.
 fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, String>> {
     let model = std::env::temp_dir().join(format!("fault-double-{}.gguf", std::process::id()));
-    std::fs::write(
-        &model,
-        b"GGUF, but not a real model: the double only checks its magic",
-    )?;
+    // A GGUF header the double reads (architecture, context length); it loads no weights.
+    std::fs::write(&model, e2e_backends::testing::tiny_gguf("llama", 8192))?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-backends"))
         .args(["--format", "json"])
         .env("BACKEND_BINARY", std::env::current_exe()?)

@@ -2,9 +2,10 @@
 //! such as `<tool_call>`, a fence, or a bare `{`/`[`), followed by a call object, an array of
 //! call objects, or a name and a JSON arguments value, and optionally closed by a tag.
 //!
-//! A candidate call is held back until it is certain (its name is known and accepted); if it turns
-//! out not to be a call, the held text is released as content. After that point the arguments
-//! stream through as raw text.
+//! A candidate call is held back until it is certain: its name is known and accepted and its
+//! arguments are a whole JSON value. Text that turns out not to be a call (JSON with a missing
+//! brace or an unquoted key included) is released as content, as vLLM does; output that ends
+//! inside a call's arguments is that call with the arguments as written.
 
 use super::call_object::{CallObject, ObjectFeed};
 use super::json_scan::{Feed, JsonScanner};
@@ -96,8 +97,8 @@ pub(crate) enum Prose {
 /// When a call is emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
-    /// As soon as its name is known and accepted; arguments then stream.
-    AtName,
+    /// As soon as its name is accepted and its arguments are whole.
+    WhenParsed,
     /// Only once its closing tag is seen (Granite 4 requires complete calls).
     AtClose,
 }
@@ -132,7 +133,7 @@ impl JsonFormat {
             prose: Prose::Stream {
                 drop_after_call: true,
             },
-            commit: Commit::AtName,
+            commit: Commit::WhenParsed,
             trim_before_calls: false,
             release_unfinished: true,
             require_arguments: false,
@@ -380,7 +381,7 @@ impl JsonCalls {
             "{}".to_owned()
         };
         match self.format.commit {
-            Commit::AtName => {
+            Commit::WhenParsed => {
                 self.announce(&name, out);
                 out.call_args(&arguments);
             }
@@ -615,7 +616,7 @@ impl JsonCalls {
         }
         self.mode = if done { Mode::Close } else { Mode::Arguments };
         if done
-            && self.format.commit == Commit::AtName
+            && self.format.commit == Commit::WhenParsed
             && let Some((name, arguments)) = self.pending_call.take()
         {
             self.announce(&name, out);
@@ -711,7 +712,7 @@ impl Stage for JsonCalls {
             Mode::Prose | Mode::ContentOnly => {}
             // The output ended inside a call's arguments (a generation cut at its token limit):
             // the call with what was written, as vLLM's and llama.cpp's parsers report it.
-            Mode::Arguments if self.format.commit == Commit::AtName => {
+            Mode::Arguments if self.format.commit == Commit::WhenParsed => {
                 if let Some((name, arguments)) = self.pending_call.take() {
                     self.announce(&name, out);
                     if arguments.is_empty() {
@@ -722,7 +723,7 @@ impl Stage for JsonCalls {
                 }
             }
             Mode::Object | Mode::Array(ArrayExpect::Item)
-                if self.format.commit == Commit::AtName
+                if self.format.commit == Commit::WhenParsed
                     && self.object.name().is_some_and(|name| self.accepts(name))
                     && (self.object.arguments_seen() || !self.format.require_arguments) =>
             {
