@@ -14,6 +14,7 @@ mod engine;
 mod sampler;
 mod scheduler;
 mod settings;
+mod spin;
 
 #[derive(Subcommand)]
 enum Command {
@@ -27,6 +28,12 @@ fn render(args: &RenderArgs) -> Result<String, EngineError> {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = spin::exec_with_spin_count() {
+        eprintln!(
+            "warning: could not restart with GOMP_SPINCOUNT={} ({e}); decoding slows down badly when other processes compete for the cores",
+            spin::SPIN_COUNT
+        );
+    }
     let cli = WorkerCli::<Command>::parse_for(
         env!("CARGO_BIN_NAME"),
         "A LocalAI gRPC backend worker on llama.cpp.",

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use backend_common::pb::{HealthMessage, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{bench_prompt, bench_settings, bench_worker, peak_rss, sibling_binary};
+use e2e_backends::testing::{
+    bench_env, bench_load_options, bench_prompt, bench_settings, bench_worker, peak_rss,
+    sibling_binary,
+};
 use e2e_backends::worker::Worker;
 
 const NEW_TOKENS: i32 = 64;
@@ -176,20 +179,13 @@ async fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let (threads, rounds) = bench_settings(1);
-    let streams: Vec<usize> = std::env::var("BENCH_STREAMS")
-        .unwrap_or_else(|_| "1,2,4,8,16".into())
+    let streams: Vec<usize> = bench_env("BENCH_STREAMS", "1,2,4,8,16".to_string())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
     let llama = sibling_binary(&ours, "backend-llamacpp")?;
-    let options = |extra: &[&str]| ModelOptions {
-        model_file: gguf.display().to_string(),
-        context_size: 1024,
-        threads,
-        options: extra.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let options = |extra: &[&str]| bench_load_options(&gguf, threads, extra);
     println!(
         "model {}, {threads} threads, best of {rounds}",
         gguf.display()

@@ -1,7 +1,7 @@
 //! Memory after Free: both workers, real binaries over gRPC, load the Qwen GGUF, answer one
-//! request and Free it, 50 times. Printed per worker: the resident set when fresh (started,
-//! nothing loaded), loaded, and after Free at cycles 1, 10, 25 and 50, with the ratio of the
-//! last to fresh (target <= 1.10).
+//! request and Free it, 50 times. Printed per worker, in MiB: the resident set (its anonymous
+//! part in brackets) when fresh (started, nothing loaded), loaded, and after Free at cycles 1,
+//! 10, 25 and 50, with the ratios of the last to fresh (target <= 1.10) and to the first Free.
 //!
 //! Run: `cargo bench --workspace --bench free_cycles` (env `BENCH_CYCLES`, default 50;
 //! `BENCH_THREADS`). backend-llamacpp must be built in the same target directory.
@@ -9,22 +9,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use backend_common::pb::{HealthMessage, ModelOptions};
-use e2e_backends::testing::{bench_settings, raw, sibling_binary};
+use e2e_backends::testing::{bench_env, bench_load_options, bench_settings, raw, sibling_binary};
 use e2e_backends::worker::Worker;
 
-/// Resident memory (`VmRSS`) of process `pid` in MiB.
-fn rss_mib(pid: u32) -> Result<f64> {
+/// Resident memory of process `pid` in MiB: all of it (`VmRSS`), and its anonymous part
+/// (`RssAnon`: heap, stacks; the rest is code and mapped files).
+fn rss_mib(pid: u32) -> Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("no VmRSS value")?
-        .parse()?;
-    Ok(kib / 1024.0)
+    let field = |name: &str| -> Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} line"))?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .with_context(|| format!("no {name} value"))?
+            .parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?))
 }
 
 async fn cycles(binary: &Path, options: &ModelOptions, cycles: usize) -> Result<()> {
@@ -38,7 +42,7 @@ async fn cycles(binary: &Path, options: &ModelOptions, cycles: usize) -> Result<
     let pid = worker.pid().context("the worker has no pid")?;
     let mut client = worker.client(None).await?;
     let fresh = rss_mib(pid)?;
-    let mut loaded = 0.0;
+    let mut loaded = (0.0, 0.0);
     let mut after_free = Vec::new();
     for cycle in 1..=cycles {
         let reply = client.load_model(options.clone()).await?.into_inner();
@@ -49,14 +53,24 @@ async fn cycles(binary: &Path, options: &ModelOptions, cycles: usize) -> Result<
         after_free.push((cycle, rss_mib(pid)?));
     }
     let name = binary.file_name().unwrap_or_default().to_string_lossy();
-    print!("{name:<18} fresh {fresh:>6.1}  loaded {loaded:>6.1}  after Free:");
+    let show = |(all, anon): (f64, f64)| format!("{all:.1} ({anon:.1})");
+    print!(
+        "{name:<18} fresh {}  loaded {}  after Free:",
+        show(fresh),
+        show(loaded)
+    );
     for &(cycle, mib) in &after_free {
         if [1, 10, 25, cycles].contains(&cycle) {
-            print!("  #{cycle} {mib:.1}");
+            print!("  #{cycle} {}", show(mib));
         }
     }
     let last = after_free.last().map_or(fresh, |&(_, mib)| mib);
-    println!("   last/fresh {:.2}x", last / fresh);
+    let first = after_free.first().map_or(fresh, |&(_, mib)| mib);
+    println!(
+        "   last/fresh {:.2}x, last/first Free {:.2}x",
+        last.0 / fresh.0,
+        last.0 / first.0
+    );
     worker.stop(std::time::Duration::from_secs(10)).await?;
     Ok(())
 }
@@ -66,18 +80,10 @@ async fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let (threads, _) = bench_settings(1);
-    let count: usize = std::env::var("BENCH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(50);
+    let count: usize = bench_env("BENCH_CYCLES", 50);
     let ours = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
     let llama = sibling_binary(&ours, "backend-llamacpp")?;
-    let options = ModelOptions {
-        model_file: gguf.display().to_string(),
-        context_size: 1024,
-        threads,
-        ..Default::default()
-    };
+    let options = bench_load_options(&gguf, threads, &[]);
     println!(
         "model {}, {threads} threads, {count} load/answer/Free cycles; resident MiB",
         gguf.display()

@@ -197,6 +197,26 @@ pub fn bench_settings(rounds: usize) -> (i32, usize) {
     (threads, rounds)
 }
 
+/// A benchmark setting from the environment variable `name`, or `default`.
+pub fn bench_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// LoadModel options the benchmarks use: `model`'s file, a 1024-token context, `threads`, and
+/// the `key:value` options `extra`.
+pub fn bench_load_options(model: &Path, threads: i32, extra: &[&str]) -> ModelOptions {
+    ModelOptions {
+        model_file: model.display().to_string(),
+        context_size: 1024,
+        threads,
+        options: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
 /// Starts `binary` for a benchmark (its logs at `warn`) and loads `options` on it; returns
 /// the worker and the seconds LoadModel took.
 pub async fn bench_worker(binary: &Path, options: ModelOptions) -> anyhow::Result<(Worker, f64)> {

@@ -66,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cut = (usize::from(selector) * 7) % (text.len() + 1);
-    let cut = (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let cut = (0..=cut)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
     parser.push(&text[..cut]);
     parser.push(&text[cut..]);
     parser.finish();

@@ -194,8 +194,6 @@ pub(crate) struct JsonCalls {
     held: String,
     /// The current candidate produced a call.
     candidate_committed: bool,
-    /// The current call was announced; its arguments stream.
-    call_committed: bool,
     /// A call awaiting its close tag (`Commit::AtClose`).
     pending_call: Option<(String, String)>,
     /// Calls were found (or an explicit empty call list).
@@ -230,7 +228,6 @@ impl JsonCalls {
             opener: 0,
             held: String::new(),
             candidate_committed: false,
-            call_committed: false,
             pending_call: None,
             calls_found: false,
             absorbs_ws,
@@ -298,7 +295,6 @@ impl JsonCalls {
             self.held.push_str(current.open);
         }
         self.candidate_committed = false;
-        self.call_committed = false;
         self.pending_call = None;
         self.mode = Mode::Skip;
     }
@@ -317,7 +313,6 @@ impl JsonCalls {
             self.emit_prose(&held, out);
         }
         self.pending_call = None;
-        self.call_committed = false;
         self.mode = if self.format.anchored && !self.candidate_committed {
             Mode::ContentOnly
         } else {
@@ -332,7 +327,6 @@ impl JsonCalls {
         }
         self.held.clear();
         self.candidate_committed = true;
-        self.call_committed = true;
         out.call_start(name, None);
     }
 
@@ -521,14 +515,12 @@ impl JsonCalls {
                 Some(1)
             }
             (ArrayExpect::FirstOrEnd, _) => {
-                self.call_committed = false;
                 self.object = CallObject::new();
                 self.mode = Mode::Array(ArrayExpect::Item);
                 Some(0)
             }
             (ArrayExpect::CommaOrEnd, b',') => {
                 self.hold(",");
-                self.call_committed = false;
                 self.object = CallObject::new();
                 self.mode = Mode::Array(ArrayExpect::Item);
                 Some(1)
@@ -538,7 +530,6 @@ impl JsonCalls {
                 match outcome {
                     ObjectOutcome::More => self.mode = Mode::Array(ArrayExpect::Item),
                     ObjectOutcome::Finished => {
-                        self.call_committed = false;
                         self.mode = Mode::Array(ArrayExpect::CommaOrEnd);
                     }
                     ObjectOutcome::Rejected => self.fail_candidate(out),
@@ -657,7 +648,6 @@ impl JsonCalls {
             out.call_args(&unwrap_string_arguments(arguments));
         }
         self.held.clear();
-        self.call_committed = false;
         self.mode = Mode::Prose;
     }
 }
