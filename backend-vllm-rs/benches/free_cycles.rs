@@ -9,26 +9,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use backend_common::pb::{HealthMessage, ModelOptions};
-use e2e_backends::testing::{bench_env, bench_load_options, bench_settings, raw, sibling_binary};
+use e2e_backends::testing::{
+    bench_env, bench_load_options, bench_settings, memory_field, raw, sibling_binary,
+};
 use e2e_backends::worker::Worker;
 
 /// Resident memory of process `pid` in MiB: all of it (`VmRSS`), and its anonymous part
 /// (`RssAnon`: heap, stacks; the rest is code and mapped files).
 fn rss_mib(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} line"))?;
-        let kib: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .with_context(|| format!("no {name} value"))?
-            .parse()?;
-        Ok(kib / 1024.0)
+    let mib = |field| {
+        memory_field(pid, field)
+            .map(|bytes| bytes as f64 / f64::from(1u32 << 20))
+            .with_context(|| format!("no {field} for process {pid}"))
     };
-    Ok((field("VmRSS:")?, field("RssAnon:")?))
+    Ok((mib("VmRSS")?, mib("RssAnon")?))
 }
 
 async fn cycles(binary: &Path, options: &ModelOptions, cycles: usize) -> Result<()> {

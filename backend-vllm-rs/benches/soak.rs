@@ -22,7 +22,7 @@ use backend_common::pb::status_response::State;
 use backend_common::pb::{HealthMessage, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
-    bench_env, bench_load_options, bench_settings, bench_worker, sibling_binary,
+    bench_env, bench_load_options, bench_settings, bench_worker, memory_field, sibling_binary,
 };
 
 /// A small xorshift generator: the soak needs variety, not quality.
@@ -46,14 +46,9 @@ struct Tally {
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no VmRSS")?
-        .parse()?;
-    Ok(kib / 1024.0)
+    memory_field(pid, "VmRSS")
+        .map(|bytes| bytes as f64 / f64::from(1u32 << 20))
+        .context("no VmRSS")
 }
 
 /// One user: streams until `deadline`, cancelling some streams part-way.

@@ -278,8 +278,15 @@ pub fn tiny_gguf(architecture: &str, context_length: u64) -> Vec<u8> {
 
 /// Peak resident memory (`VmHWM`) of process `pid` in bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
+    memory_field(pid, "VmHWM")
+}
+
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `RssAnon`, `VmHWM`...) in bytes.
+pub fn memory_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.split(':').next() == Some(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

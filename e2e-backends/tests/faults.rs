@@ -691,7 +691,13 @@ fn serve_double() -> anyhow::Result<()> {
 
 /// Runs the harness against the double with `fault`; the outcome of each capability.
 fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, String>> {
-    let model = std::env::temp_dir().join(format!("fault-double-{}.gguf", std::process::id()));
+    // Tests run as threads of one process: each call writes a file of its own.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let model = std::env::temp_dir().join(format!(
+        "fault-double-{}-{}.gguf",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     // A GGUF header the double reads (architecture, context length); it loads no weights.
     std::fs::write(&model, e2e_backends::testing::tiny_gguf("llama", 8192))?;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-backends"))
@@ -704,7 +710,9 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
         .env("BACKEND_TEST_TIMEOUT", "60")
         .env(AUTH_TOKEN_ENV, "fault-test-token")
         .env("E2E_FAULT", fault.unwrap_or_default())
-        .output()?;
+        .output();
+    let _ = std::fs::remove_file(&model);
+    let output = output?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut outcomes = BTreeMap::new();
     for line in stdout.lines().filter(|l| l.starts_with('{')) {
