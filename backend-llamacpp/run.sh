@@ -49,6 +49,12 @@ if [ -z "$binary" ]; then
   exit 1
 fi
 echo "run.sh: starting $binary" >&2
+# llama.cpp's OpenMP threads spin less before they sleep than libgomp's default, so decoding
+# keeps its speed when other processes want the cores (the binary cannot set this itself when
+# the loader starts it; see backend-llamacpp/src/spin.rs). An operator's choice wins.
+if [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
+  export GOMP_SPINCOUNT=10000
+fi
 if [ -x "$dir/lib/ld.so" ]; then
   exec "$dir/lib/ld.so" --library-path "$dir/lib" "$dir/$binary" "$@"
 fi

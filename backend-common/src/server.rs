@@ -163,8 +163,6 @@ impl<E: Engine> BackendService<E> {
             .ok_or_else(|| EngineError::NotLoaded.into())
     }
 
-    /// Replaces the served model; the old one is released outside the lock (dropping weights
-    /// takes a moment) once its running requests end.
     /// Loads `plan` into the empty `slot`.
     fn install(
         engine: &E,
@@ -192,6 +190,9 @@ impl<E: Engine> BackendService<E> {
         Ok(info)
     }
 
+    /// Replaces the served model; the old one is released outside the lock (dropping weights
+    /// takes a moment) once its running requests end, and the heap it freed goes back to the
+    /// system.
     fn swap(slot: &Slot<E::Model>, next: Option<Arc<Served<E::Model>>>) {
         let previous =
             std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), next);

@@ -1,6 +1,7 @@
 //! The images' `run.sh` scripts, run with `/bin/sh` as LocalAI runs them: the llama.cpp one
 //! picks the build the CPU can run (by the flags line of a cpuinfo file), both pass
-//! `--addr=...` and `--addr ...` through unchanged, and the image's loader is used when the
+//! `--addr=...` and `--addr ...` through unchanged, the llama.cpp one sets a short OpenMP spin
+//! count unless the operator chose one, and the image's loader is used when the
 //! image has one.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -153,4 +154,36 @@ fn vllm_passes_arguments_through() {
     let (ok, out, err) = run(dir.path(), OLD, &[], &["--addr=127.0.0.1:9"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "backend-vllm-rs --addr=127.0.0.1:9");
+}
+
+#[test]
+fn llama_spin_count_is_set_unless_the_operator_chose_a_wait_policy() {
+    let dir = image(LLAMA_RUN_SH, &[]);
+    write_exec(
+        &dir.path().join("backend-llamacpp-avx2"),
+        "#!/bin/sh\necho \"spin=${GOMP_SPINCOUNT:-unset}\"\n",
+    );
+    let info = cpuinfo(dir.path(), AVX2);
+    for (env, expected) in [
+        (None, "spin=10000"),
+        (Some(("GOMP_SPINCOUNT", "500")), "spin=500"),
+        (Some(("OMP_WAIT_POLICY", "passive")), "spin=unset"),
+    ] {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg(dir.path().join("run.sh"))
+            .env("RUN_SH_CPUINFO", &info)
+            .env_remove("GOMP_SPINCOUNT")
+            .env_remove("OMP_WAIT_POLICY");
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            expected,
+            "{env:?}"
+        );
+    }
 }
