@@ -144,11 +144,10 @@ fn common_params(s: &LoadRequest) -> LlamaContextParams {
 
 /// Bytes of KV cache for `tokens` positions of `model`.
 fn kv_cache_bytes(model: &LlamaModel, s: &LoadRequest, tokens: u32) -> u64 {
-    let head_dim = model.n_embd() as f64 / model.n_head().max(1) as f64;
-    let per_token_elems = model.n_layer() as f64 * model.n_head_kv() as f64 * head_dim;
-    let k = settings::bytes_per_element(s.cache_type_k.unwrap_or(CacheType::F16));
-    let v = settings::bytes_per_element(s.cache_type_v.unwrap_or(CacheType::F16));
-    (tokens as f64 * per_token_elems * (k + v)) as u64
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let head_dim = n(i64::from(model.n_embd())) / n(i64::from(model.n_head())).max(1);
+    let per_token = n(i64::from(model.n_layer())) * n(i64::from(model.n_head_kv())) * head_dim;
+    settings::kv_bytes(s, u64::from(tokens), (per_token, per_token)) as u64
 }
 
 impl Engine for LlamaEngine {

@@ -86,9 +86,7 @@ pub fn check_memory_fits(
 ) -> Result<(), EngineError> {
     let per_slot = effective_context(req, n_ctx_train);
     let positions = u64::from(per_slot) * u64::from(s.parallel + u32::from(req.embeddings));
-    let k = bytes_per_element(req.cache_type_k.unwrap_or(CacheType::F16));
-    let v = bytes_per_element(req.cache_type_v.unwrap_or(CacheType::F16));
-    let kv = positions as f64 * (kv_elements.0 as f64 * k + kv_elements.1 as f64 * v);
+    let kv = kv_bytes(req, positions, kv_elements);
     if kv + weights as f64 <= memory as f64 {
         return Ok(());
     }
@@ -100,6 +98,14 @@ pub fn check_memory_fits(
         gib(weights as f64),
         gib(memory as f64),
     )))
+}
+
+/// Bytes of KV cache for `positions` token positions of a model with `kv_elements` key and
+/// value elements per position, in the request's cache types (f16 by default).
+pub fn kv_bytes(req: &LoadRequest, positions: u64, kv_elements: (u64, u64)) -> f64 {
+    let k = bytes_per_element(req.cache_type_k.unwrap_or(CacheType::F16));
+    let v = bytes_per_element(req.cache_type_v.unwrap_or(CacheType::F16));
+    positions as f64 * (kv_elements.0 as f64 * k + kv_elements.1 as f64 * v)
 }
 
 /// Bytes per KV cache element, for memory estimates (block formats rounded up).

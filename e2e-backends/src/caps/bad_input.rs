@@ -362,7 +362,7 @@ async fn bad_load_fields(ctx: &Context, client: &mut Client) -> Result<(), Check
     ];
     for (what, request, names) in cases {
         let load = client.load_model(request).await;
-        if refusal_of(&load).is_none() {
+        if loaded(&load) {
             ctx.forget_load().await;
         }
         expect_code(
@@ -385,7 +385,7 @@ async fn impossible_sizes(ctx: &Context, client: &mut Client) -> Result<(), Chec
     let started = std::time::Instant::now();
     let load = client.load_model(request).await;
     let took = started.elapsed();
-    if refusal_of(&load).is_none() {
+    if loaded(&load) {
         ctx.forget_load().await;
     }
     let status = refusal(load);
@@ -427,13 +427,9 @@ async fn threads_beyond_the_cores(
     Ok(Verdict::Passed)
 }
 
-/// The status of a refused load, without consuming it.
-fn refusal_of(load: &Result<Response<backend_common::pb::Result>, Status>) -> Option<Code> {
-    match load {
-        Ok(reply) if reply.get_ref().success => None,
-        Ok(_) => Some(Code::InvalidArgument),
-        Err(status) => Some(status.code()),
-    }
+/// True when a LoadModel succeeded (the harness must then forget what it had loaded).
+fn loaded(load: &Result<Response<backend_common::pb::Result>, Status>) -> bool {
+    load.as_ref().is_ok_and(|reply| reply.get_ref().success)
 }
 
 /// The loaded model's greedy answer to the configured prompt.
@@ -513,7 +509,7 @@ async fn bad_loads(ctx: &Context, client: &mut Client) -> Result<(), CheckError>
         request.model_file = alien.display().to_string();
         let load = client.load_model(request).await;
         let _ = std::fs::remove_file(&alien);
-        if refusal_of(&load).is_none() {
+        if loaded(&load) {
             ctx.forget_load().await;
         }
         let status = refusal(load);
