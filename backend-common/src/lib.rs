@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod cli;
+pub mod constraint;
 pub mod engine;
 pub mod gbnf;
 pub mod gguf;

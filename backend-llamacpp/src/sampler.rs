@@ -7,6 +7,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
+use backend_common::constraint::GrammarInput;
 use backend_common::engine::{EngineError, GenerationRequest, ToolCallConstraint};
 use backend_common::gbnf;
 
@@ -48,11 +49,12 @@ pub fn build(
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
     if let Some(grammar) = &request.grammar {
+        let grammar = gbnf_of(grammar)?;
         let triggers = &request.grammar_triggers;
         let sampler = if triggers.is_empty() {
-            LlamaSampler::grammar(model, grammar, "root")
+            LlamaSampler::grammar(model, &grammar, "root")
         } else {
-            LlamaSampler::grammar_lazy(model, grammar, "root", triggers, &[])
+            LlamaSampler::grammar_lazy(model, &grammar, "root", triggers, &[])
         }
         .map_err(|e| {
             EngineError::InvalidArgument(format!(
@@ -122,6 +124,24 @@ pub fn build(
         chain.push(LlamaSampler::dist(seed));
     }
     Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// The GBNF llama.cpp runs for a request's `Grammar`: GBNF as it is (checked first by the
+/// shared reader, whose errors say where), a JSON schema through llama.cpp's converter.
+fn gbnf_of(grammar: &str) -> Result<String, EngineError> {
+    match GrammarInput::read(grammar)? {
+        GrammarInput::Gbnf(_) => Ok(grammar.to_string()),
+        GrammarInput::JsonSchema(schema) => {
+            llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+                EngineError::InvalidArgument(format!(
+                    "Grammar: this JSON schema cannot be turned into a grammar ({e}); use plain JSON-schema types, properties and required"
+                ))
+            })
+        }
+        GrammarInput::Lark(_) => Err(EngineError::InvalidArgument(
+            "Grammar: `%llguidance` (Lark) grammars are run by the candle worker (backend-vllm-rs); this worker reads GBNF and JSON schemas".into(),
+        )),
+    }
 }
 
 /// GBNF for a forced tool call: the literal prefix, the call object as llama.cpp's

@@ -462,3 +462,51 @@ async fn embeddings_need_the_flag_and_are_normalised() {
     .await;
     assert_eq!(prompt, cat, "Prompt is used when Embeddings is empty");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grammar_reads_json_schemas_and_says_where_gbnf_breaks() {
+    let (_worker, mut client) = started_with(QWEN).await;
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "rank": {"enum": ["first", "second"]}
+        },
+        "required": ["city", "rank"],
+        "additionalProperties": false
+    });
+    let request = PredictOptions {
+        grammar: schema.to_string(),
+        ..testing::chat("Name a city as JSON.", 60)
+    };
+    let reply = client.predict(request).await.unwrap().into_inner();
+    let output = String::from_utf8_lossy(&reply.message);
+    let value: serde_json::Value =
+        serde_json::from_str(&output).unwrap_or_else(|e| panic!("{output:?}: {e}"));
+    let object = value.as_object().expect("an object");
+    assert_eq!(object.len(), 2, "{value}");
+    assert!(
+        object["city"]
+            .as_str()
+            .is_some_and(|c| c.chars().count() <= 20)
+    );
+    assert!(
+        object["rank"] == "first" || object["rank"] == "second",
+        "{value}"
+    );
+    for (grammar, says) in [
+        ("root ::= \"a\"\nitem ::= (\"b\"", "line 2"),
+        ("%llguidance {}\nstart: \"a\"", "candle worker"),
+        ("{\"type\": ", "JSON schema"),
+    ] {
+        let e = client
+            .predict(PredictOptions {
+                grammar: grammar.into(),
+                ..raw("Hello", 4)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{grammar:?}: {e}");
+        assert!(e.message().contains(says), "{grammar:?}: {e}");
+    }
+}

@@ -3,7 +3,7 @@
 //! Loading sizes the paged KV cache and starts the [`EngineThread`] that owns the model;
 //! every request then runs through that thread's scheduler, batched with the others.
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -17,6 +17,7 @@ use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
 use engine_core::SchedulerConfig;
 
+use crate::constrained::GrammarCompiler;
 use crate::engine_thread::EngineThread;
 use crate::gguf::GgufFile;
 use crate::hf::{self, HfFolder};
@@ -28,8 +29,32 @@ use crate::tokenizer::ModelTokenizer;
 pub struct CandleModel {
     engine: EngineThread,
     tokenizer: Arc<ModelTokenizer>,
+    /// Built by the first constrained request (its token trie would cost every load,
+    /// constrained or not).
+    grammars: OnceLock<Result<GrammarCompiler, String>>,
+    /// Width of the model's logits.
+    vocab: usize,
     weight_bytes: u64,
     kv_bytes: u64,
+}
+
+impl CandleModel {
+    /// The model's grammar compiler, built on first use.
+    fn grammar_compiler(&self) -> Result<&GrammarCompiler, EngineError> {
+        self.grammars
+            .get_or_init(|| {
+                let started = Instant::now();
+                let compiler = GrammarCompiler::new(self.tokenizer.clone(), self.vocab)
+                    .map_err(|e| e.to_string());
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "grammar compiler ready"
+                );
+                compiler
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Internal(e.clone()))
+    }
 }
 
 /// The candle engine.
@@ -294,11 +319,14 @@ impl Engine for CandleEngine {
             max_model_len: max_len,
             prefix_caching: core.prefix_caching,
         };
+        let vocab = model.config().vocab;
         let engine = EngineThread::start(model, kv, scheduler, tokenizer.clone())
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         let loaded = CandleModel {
             engine,
             tokenizer,
+            grammars: OnceLock::new(),
+            vocab,
             weight_bytes,
             kv_bytes,
         };
@@ -320,15 +348,11 @@ impl LoadedModel for CandleModel {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError> {
-        // A lazy constraint ("auto") is a safeguard this engine does without; a forced one
-        // or a grammar would be silently ignored, so they are refused.
-        let forced_call = request.tool_call.as_ref().is_some_and(|c| c.lazy.is_none());
-        if request.grammar.is_some() || forced_call {
-            return Err(EngineError::Unimplemented(
-                "constrained decoding (Grammar, forced ToolChoice)",
-            ));
-        }
-        self.engine.generate(request, sink)
+        let grammar = match backend_common::constraint::output_constraint(request)? {
+            Some(constraint) => Some(self.grammar_compiler()?.compile(&constraint)?),
+            None => None,
+        };
+        self.engine.generate(request, grammar, sink)
     }
 
     fn memory(&self) -> MemoryReport {

@@ -6,6 +6,10 @@
 //! each sequence that reached its end with that sequence's own [`Sampler`], and sends each
 //! token to its request. A request whose client stopped listening is removed at the next
 //! step and its blocks go back to the pool.
+//!
+//! A constrained sequence's allowed tokens are computed on a second thread while the
+//! forward pass runs (the mask depends only on the tokens already sampled), so other
+//! sequences do not wait for it; a step without a constrained sequence starts no thread.
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +22,9 @@ use backend_common::engine::{
     EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats, TokenSink,
 };
 use engine_core::{AdmitError, KvStats, Scheduler, SchedulerConfig, SeqId, Step};
+use toktrie::SimpleVob;
 
+use crate::constrained::{GrammarStop, SequenceGrammar, apply_mask};
 use crate::model::{BatchItem, KvCache, Model};
 use crate::sampler::{Sampler, token_logprob};
 use crate::tokenizer::ModelTokenizer;
@@ -39,9 +45,19 @@ struct Job {
     max_tokens: Option<u32>,
     ignore_eos: bool,
     logprobs: Option<u32>,
+    /// The output constraint, if the request has one.
+    grammar: Option<SequenceGrammar>,
     events: Sender<Event>,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
+}
+
+/// Why a sequence ends after a sampled token.
+enum Ending {
+    /// Generation is over (EOS, a limit, the client gone).
+    Finished(FinishReason),
+    /// The grammar ended it.
+    Grammar(GrammarStop),
 }
 
 /// A running request's progress.
@@ -119,6 +135,7 @@ impl EngineThread {
     pub fn generate(
         &self,
         request: &GenerationRequest,
+        grammar: Option<SequenceGrammar>,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError> {
         let (events, received) = mpsc::channel();
@@ -130,6 +147,7 @@ impl EngineThread {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             logprobs: request.logprobs,
+            grammar,
             events,
             cancelled: cancelled.clone(),
             submitted: Instant::now(),
@@ -301,10 +319,45 @@ impl Worker {
                 sample: q.sample,
             })
             .collect();
-        let (model, kv) = (&self.model, &self.kv);
-        let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+        let sampled: Vec<SeqId> = step
+            .seqs
+            .iter()
+            .filter(|q| q.sample)
+            .map(|q| q.id)
+            .collect();
+        let (model, kv, active) = (&self.model, &self.kv, &mut self.active);
+        let mut constrained: Vec<(SeqId, &mut SequenceGrammar)> = active
+            .iter_mut()
+            .filter(|(id, _)| sampled.contains(id))
+            .filter_map(|(&id, a)| {
+                a.job
+                    .grammar
+                    .as_mut()
+                    .filter(|g| g.is_active())
+                    .map(|g| (id, g))
+            })
+            .collect();
+        let (outcome, masks) = if constrained.is_empty() {
+            let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+            (outcome, HashMap::new())
+        } else {
+            std::thread::scope(|scope| {
+                let masks = scope.spawn(move || {
+                    constrained
+                        .iter_mut()
+                        .filter_map(|(id, g)| Some((*id, g.mask()?)))
+                        .collect::<HashMap<_, _>>()
+                });
+                let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+                let masks = masks.join().unwrap_or_else(|_| {
+                    // llguidance panicked: every constrained sequence of this step fails.
+                    HashMap::new()
+                });
+                (outcome, masks)
+            })
+        };
         let error = match outcome {
-            Ok(Ok(logits)) => match self.sample(step, logits) {
+            Ok(Ok(logits)) => match self.sample(step, logits, masks) {
                 Ok(()) => return,
                 Err(e) => e.to_string(),
             },
@@ -334,6 +387,7 @@ impl Worker {
         &mut self,
         step: &Step,
         logits: Option<candle_core::Tensor>,
+        mut masks: HashMap<SeqId, Result<SimpleVob, String>>,
     ) -> candle_core::Result<()> {
         let Some(logits) = logits else {
             return Ok(());
@@ -341,27 +395,86 @@ impl Worker {
         let sampling = step.seqs.iter().filter(|q| q.sample);
         for (row, q) in sampling.enumerate() {
             let mut values: Vec<f32> = logits.get(row)?.to_vec1()?;
-            match self.next_token(q.id, &mut values) {
+            let mask = match masks.remove(&q.id) {
+                Some(Ok(mask)) => Some(mask),
+                Some(Err(e)) => {
+                    self.fail(q.id, GrammarStop::Stuck(e));
+                    continue;
+                }
+                None if self.awaits_mask(q.id) => {
+                    self.fail(q.id, GrammarStop::Stuck("llguidance failed".into()));
+                    continue;
+                }
+                None => None,
+            };
+            match self.next_token(q.id, &mut values, mask.as_ref()) {
                 Some(Ok(token)) => self.scheduler.append(q.id, token),
-                Some(Err(reason)) => self.finish(q.id, reason),
+                Some(Err(Ending::Finished(reason))) => self.finish(q.id, reason),
+                Some(Err(Ending::Grammar(stop))) => self.fail(q.id, stop),
                 None => {}
             }
         }
         Ok(())
     }
 
+    /// Whether `id` is constrained right now, so its step must have computed a mask.
+    fn awaits_mask(&self, id: SeqId) -> bool {
+        self.active
+            .get(&id)
+            .and_then(|a| a.job.grammar.as_ref())
+            .is_some_and(SequenceGrammar::is_active)
+    }
+
+    /// Ends `id` because of its grammar: a complete grammar ends it as an end-of-generation
+    /// token would; a stuck one is an error the request reports.
+    fn fail(&mut self, id: SeqId, stop: GrammarStop) {
+        if stop == GrammarStop::Complete {
+            self.finish(id, FinishReason::Eos);
+            return;
+        }
+        self.scheduler.remove(id);
+        self.publish();
+        if let Some(active) = self.active.remove(&id) {
+            tracing::warn!(%stop, "a constrained sequence ends");
+            let _ = active
+                .job
+                .events
+                .send(Event::Done(Err(EngineError::Internal(stop.to_string()))));
+        }
+    }
+
     /// Samples `id`'s next token from its logits and sends it: the token to append, or why
     /// the sequence ends (`None` for a sequence no longer active).
-    fn next_token(&mut self, id: SeqId, logits: &mut [f32]) -> Option<Result<u32, FinishReason>> {
+    fn next_token(
+        &mut self,
+        id: SeqId,
+        logits: &mut [f32],
+        mask: Option<&SimpleVob>,
+    ) -> Option<Result<u32, Ending>> {
         let max_len = self.model.max_positions();
         let tokenizer = &self.tokenizer;
         let active = self.active.get_mut(&id)?;
         let raw = active.job.logprobs.map(|top| (logits.to_vec(), top));
+        if let Some(mask) = mask {
+            apply_mask(mask, logits);
+        }
         let token = active.job.sampler.sample(logits);
+        if let Some(grammar) = active.job.grammar.as_mut() {
+            if mask.is_some_and(|m| !m.is_allowed(token)) {
+                // Nothing allowed was left to sample (the grammar allows only an end, and
+                // the request ignores EOS), or the grammar allows nothing.
+                return Some(Err(Ending::Grammar(grammar.stop_reason())));
+            }
+            if !tokenizer.is_eog(token)
+                && let Err(stop) = grammar.accept(token, tokenizer.piece(token))
+            {
+                return Some(Err(Ending::Grammar(stop)));
+            }
+        }
         active.first_token.get_or_insert_with(Instant::now);
         active.generated += 1;
         if tokenizer.is_eog(token) && !active.job.ignore_eos {
-            return Some(Err(FinishReason::Eos));
+            return Some(Err(Ending::Finished(FinishReason::Eos)));
         }
         let logprob = raw
             .map(|(raw, top)| token_logprob(&raw, token, top, |id| tokenizer.piece(id).to_vec()));
@@ -374,14 +487,14 @@ impl Worker {
         // The next forward pass would compute position `len - 1`.
         let len = active.job.prompt.len() + active.generated as usize;
         Some(if sent.is_err() {
-            Err(FinishReason::Stopped)
+            Err(Ending::Finished(FinishReason::Stopped))
         } else if active
             .job
             .max_tokens
             .is_some_and(|max| active.generated >= max)
             || len > max_len
         {
-            Err(FinishReason::Length)
+            Err(Ending::Finished(FinishReason::Length))
         } else {
             Ok(token)
         })

@@ -9,6 +9,7 @@
 //! the others by [`engine_thread`] under engine-core's scheduler and paged KV cache.
 
 pub mod bf16_matmul;
+pub mod constrained;
 pub mod engine;
 pub mod engine_thread;
 pub mod export;

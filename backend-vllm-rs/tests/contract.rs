@@ -10,10 +10,6 @@ fn main() -> ExitCode {
     let left_out = [
         // Embedding answers UNIMPLEMENTED: the worker does not compute embeddings yet.
         Capability::Embeddings,
-        // No constrained decoding yet: a Grammar (which is also how a JSON schema arrives)
-        // answers UNIMPLEMENTED rather than being ignored.
-        Capability::Grammar,
-        Capability::JsonSchema,
         // Needs a model that reasons, or a load option that makes the worker replay a text
         // with think tags (BACKEND_TEST_REPLAY_OPTION): the test models do not reason and
         // this worker has no such option.

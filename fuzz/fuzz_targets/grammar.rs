@@ -1,7 +1,8 @@
-//! The Grammar front-end as the llama.cpp worker runs it: our depth check, then llama.cpp's
-//! GBNF parser building a grammar sampler over SmolLM2's vocabulary (read once, without
-//! weights, from `models/` or `$MODELS_DIR`). Nothing may crash: a grammar is either refused
-//! or built.
+//! The Grammar front-end as both workers run it: our reader (`GrammarInput`: GBNF parsed and
+//! rewritten to Lark for llguidance, JSON schemas, Lark), then, as the llama.cpp worker does,
+//! llama.cpp's GBNF parser building a grammar sampler over SmolLM2's vocabulary (read once,
+//! without weights, from `models/` or `$MODELS_DIR`). Nothing may crash: a grammar is either
+//! refused or built.
 #![no_main]
 
 use std::path::PathBuf;
@@ -30,7 +31,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(grammar) = std::str::from_utf8(data) else {
         return;
     };
-    if grammar.trim().is_empty() || backend_common::gbnf::check_group_depth(grammar).is_err() {
+    if grammar.trim().is_empty() {
+        return;
+    }
+    let Ok(input) = backend_common::constraint::GrammarInput::read(grammar) else {
+        return;
+    };
+    let _ = input.to_lark();
+    if !matches!(input, backend_common::constraint::GrammarInput::Gbnf(_)) {
         return;
     }
     let (_, model) = &*MODEL;
