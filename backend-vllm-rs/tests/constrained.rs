@@ -2,6 +2,8 @@
 //! schemas, forced and lazy tool calls, invalid grammars, and a constrained stream beside a
 //! free one in the same batches. Every constrained output is parsed and, where a schema
 //! says what it must be, validated against it.
+mod common;
+
 use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{self, QWEN, SMOLLM2, chat, collect, load_options, raw, text};
@@ -106,6 +108,27 @@ async fn a_json_schema_grammar_is_obeyed_by_both_models() {
         let streamed = text(&collect(&mut client, request).await);
         assert_eq!(streamed, output, "{name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hugging_face_folder_is_constrained_as_its_gguf() {
+    // The folder's tokenizer (tokenizer.json, byte-level BPE) builds the token trie here.
+    let mut load = load_options(SMOLLM2);
+    load.model_file = common::exported(SMOLLM2, candle_core::DType::F32)
+        .display()
+        .to_string();
+    let (_worker, mut folder) = testing::started_with(BINARY.as_ref(), load).await;
+    let (_gguf_worker, mut gguf) = started(SMOLLM2, &[]).await;
+    let schema = order_schema();
+    let request = PredictOptions {
+        grammar: schema.to_string(),
+        ..chat("Write an order for two books as JSON.", 160)
+    };
+    let from_folder = folder.predict(request.clone()).await.unwrap().into_inner();
+    let from_folder = String::from_utf8_lossy(&from_folder.message).into_owned();
+    valid_json(&schema, &from_folder);
+    let from_gguf = gguf.predict(request).await.unwrap().into_inner();
+    valid_json(&schema, &String::from_utf8_lossy(&from_gguf.message));
 }
 
 #[tokio::test(flavor = "multi_thread")]
