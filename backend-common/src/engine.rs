@@ -250,6 +250,11 @@ pub trait LoadedModel: Send + Sync + 'static {
         request: &GenerationRequest,
         sink: &mut dyn TokenSink,
     ) -> Result<GenerationStats, EngineError>;
+    /// The text token ids stand for: their pieces joined (control tokens as their text),
+    /// bytes that are not UTF-8 replaced; an id outside the vocabulary is INVALID_ARGUMENT.
+    fn detokenize(&self, _ids: &[i32]) -> Result<String, EngineError> {
+        Err(EngineError::Unimplemented("Detokenize"))
+    }
     /// An embedding of text or of token ids (for models loaded with `Embeddings`).
     fn embed(&self, _input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
         Err(EngineError::Unimplemented("Embedding"))

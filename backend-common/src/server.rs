@@ -163,6 +163,20 @@ impl<E: Engine> BackendService<E> {
             .ok_or_else(|| EngineError::NotLoaded.into())
     }
 
+    /// The loaded model, when it is the one a request names (`ModelIdentity`, LocalAI's
+    /// guard against a recycled port answering from another model): a non-empty identity
+    /// that differs from the loaded `Model` is NOT_FOUND; either side empty skips the check.
+    fn current_for(&self, identity: &str) -> Result<Arc<Served<E::Model>>, Status> {
+        let served = self.current()?;
+        let loaded = served.origin.load.model.as_str();
+        if !identity.is_empty() && !loaded.is_empty() && identity != loaded {
+            return Err(Status::not_found(format!(
+                "model identity mismatch: loaded {loaded:?}, requested {identity:?}"
+            )));
+        }
+        Ok(served)
+    }
+
     /// Loads `plan` into the empty `slot`.
     fn install(
         engine: &E,
@@ -388,7 +402,7 @@ impl<E: Engine> Backend for BackendService<E> {
     async fn predict(&self, request: Request<PredictOptions>) -> Result<Response<Reply>, Status> {
         let req = request.into_inner();
         let span = self.span("Predict", &req.correlation_id);
-        let served = self.current()?;
+        let served = self.current_for(&req.model_identity)?;
         let _busy = self.state.busy();
         let shutdown = self.shutdown.clone();
         let gone = Arc::new(AtomicBool::new(false));
@@ -416,7 +430,7 @@ impl<E: Engine> Backend for BackendService<E> {
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let req = request.into_inner();
         let span = self.span("PredictStream", &req.correlation_id);
-        let served = self.current()?;
+        let served = self.current_for(&req.model_identity)?;
         let (req, served, generation, parser) = blocking(span.clone(), move || {
             let (generation, parser) = prepare(&served, &req)?;
             Ok((req, served, generation, parser))
@@ -467,7 +481,7 @@ impl<E: Engine> Backend for BackendService<E> {
     ) -> Result<Response<pb::TokenizationResponse>, Status> {
         let req = request.into_inner();
         let span = self.span("TokenizeString", &req.correlation_id);
-        let served = self.current()?;
+        let served = self.current_for(&req.model_identity)?;
         let tokens = blocking(span, move || served.model.tokenize(&req.prompt, true)).await?;
         Ok(Response::new(pb::TokenizationResponse {
             length: tokens.len() as i32,
@@ -517,10 +531,67 @@ impl<E: Engine> Backend for BackendService<E> {
         } else {
             EmbedInput::Text(req.embeddings)
         };
-        let served = self.current()?;
+        let served = self.current_for(&req.model_identity)?;
         let _busy = self.state.busy();
-        let embeddings = blocking(span, move || served.model.embed(&input)).await?;
-        Ok(Response::new(pb::EmbeddingResult { embeddings }))
+        let (embeddings, prompt_tokens) = blocking(span, move || {
+            let prompt_tokens = match &input {
+                EmbedInput::Tokens(ids) => ids.len(),
+                EmbedInput::Text(text) => served.model.tokenize(text, true)?.len(),
+            };
+            Ok((served.model.embed(&input)?, prompt_tokens))
+        })
+        .await?;
+        // One pooled vector: the layout LocalAI's core expects when no pooling is asked for.
+        Ok(Response::new(pb::EmbeddingResult {
+            tokens: 1,
+            dim: embeddings.len() as i32,
+            prompt_tokens: prompt_tokens as i32,
+            layout: pb::EmbeddingLayout::Final as i32,
+            embeddings,
+        }))
+    }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        let req = request.into_inner();
+        let span = self.span("Detokenize", "");
+        let served = self.current()?;
+        let content = blocking(span, move || served.model.detokenize(&req.tokens)).await?;
+        Ok(Response::new(pb::DetokenizeResponse { content }))
+    }
+
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        self.current_for(&request.get_ref().model_identity)?;
+        Err(EngineError::Unimplemented("Score").into())
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResult>, Status> {
+        self.current_for(&request.get_ref().model_identity)?;
+        Err(Status::unimplemented(
+            "Rerank needs a reranking model (a cross-encoder), which this LLM worker does not serve; install LocalAI's rerankers backend for reranking",
+        ))
+    }
+
+    async fn get_metrics(
+        &self,
+        _: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        Err(EngineError::Unimplemented("GetMetrics").into())
+    }
+
+    async fn model_metadata(
+        &self,
+        _: Request<pb::ModelOptions>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        Err(EngineError::Unimplemented("ModelMetadata").into())
     }
 }
 

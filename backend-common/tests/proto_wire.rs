@@ -10,9 +10,9 @@
 //! - repeat that one field at a time, so fields whose samples cannot differ (bools) are still told
 //!   apart and no Rust field picks up a neighbour's number;
 //! - check that prost re-encodes the decoded structs to exactly the hand-made bytes;
-//! - check that the numbers the contract skips (PredictOptions 24, ModelOptions 16, 22-25) decode
-//!   as unknown fields, without error;
-//! - check the `State` values, ERROR = -1 included;
+//! - check that the numbers the contract skips (PredictOptions 24, ModelOptions 16, 22-25,
+//!   ToolFormatMarkers 19) decode as unknown fields, without error;
+//! - check the `State` and `EmbeddingLayout` values, ERROR = -1 included;
 //! - check the compiled descriptor `pb::FILE_DESCRIPTOR_SET` (package, every field's name,
 //!   number, type and label, the enum, the service and its methods) and the
 //!   `/backend.Backend/<Rpc>` paths the generated client sends.
@@ -118,6 +118,7 @@ static PREDICT_OPTIONS: Schema = Schema {
         (51, "TopLogprobs", T::Int32),
         (52, "Metadata", T::MapStringString),
         (53, "MinP", T::Float),
+        (54, "ModelIdentity", T::String),
     ],
 };
 
@@ -191,6 +192,9 @@ static MODEL_OPTIONS: Schema = Schema {
         (70, "LimitAudioPerPrompt", T::Int32),
         (71, "Reranking", T::Bool),
         (72, "Overrides", T::RepString),
+        (73, "EngineArgs", T::String),
+        (74, "Proxy", T::Message(&PROXY_OPTIONS)),
+        (75, "EnableScore", T::Bool),
     ],
 };
 
@@ -287,11 +291,179 @@ static GRAMMAR_TRIGGER: Schema = Schema {
 
 static EMBEDDING_RESULT: Schema = Schema {
     name: "EmbeddingResult",
-    fields: &[(1, "embeddings", T::RepFloat)],
+    fields: &[
+        (1, "embeddings", T::RepFloat),
+        (2, "tokens", T::Int32),
+        (3, "dim", T::Int32),
+        (4, "prompt_tokens", T::Int32),
+        (5, "layout", T::Enum(&EMBEDDING_LAYOUT)),
+    ],
+};
+
+static EMBEDDING_LAYOUT: EnumSchema = EnumSchema {
+    name: "EmbeddingLayout",
+    values: &[
+        ("EMBEDDING_LAYOUT_UNSPECIFIED", 0),
+        ("EMBEDDING_LAYOUT_FINAL", 1),
+        ("EMBEDDING_LAYOUT_PER_TOKEN", 2),
+    ],
+};
+
+static PROXY_OPTIONS: Schema = Schema {
+    name: "ProxyOptions",
+    fields: &[
+        (1, "upstream_url", T::String),
+        (2, "mode", T::String),
+        (3, "provider", T::String),
+        (4, "api_key_env", T::String),
+        (5, "api_key_file", T::String),
+        (6, "upstream_model", T::String),
+        (7, "request_timeout_seconds", T::Int32),
+        (8, "cache_prompt", T::Bool),
+    ],
+};
+
+static DETOKENIZE_REQUEST: Schema = Schema {
+    name: "DetokenizeRequest",
+    fields: &[(1, "tokens", T::RepInt32)],
+};
+
+static DETOKENIZE_RESPONSE: Schema = Schema {
+    name: "DetokenizeResponse",
+    fields: &[(1, "content", T::String)],
+};
+
+static SCORE_REQUEST: Schema = Schema {
+    name: "ScoreRequest",
+    fields: &[
+        (1, "prompt", T::String),
+        (2, "candidates", T::RepString),
+        (3, "include_token_logprobs", T::Bool),
+        (4, "length_normalize", T::Bool),
+        (5, "ModelIdentity", T::String),
+        (6, "stable_prefix_len", T::Int32),
+    ],
+};
+
+static SCORE_RESPONSE: Schema = Schema {
+    name: "ScoreResponse",
+    fields: &[(1, "candidates", T::RepMessage(&CANDIDATE_SCORE))],
+};
+
+static CANDIDATE_SCORE: Schema = Schema {
+    name: "CandidateScore",
+    fields: &[
+        (1, "log_prob", T::Double),
+        (2, "length_normalized_log_prob", T::Double),
+        (3, "tokens", T::RepMessage(&TOKEN_LOG_PROB)),
+        (4, "num_tokens", T::Int32),
+    ],
+};
+
+static TOKEN_LOG_PROB: Schema = Schema {
+    name: "TokenLogProb",
+    fields: &[(1, "token", T::String), (2, "log_prob", T::Double)],
+};
+
+static RERANK_REQUEST: Schema = Schema {
+    name: "RerankRequest",
+    fields: &[
+        (1, "query", T::String),
+        (2, "documents", T::RepString),
+        (3, "top_n", T::Int32),
+        (4, "ModelIdentity", T::String),
+    ],
+};
+
+static RERANK_RESULT: Schema = Schema {
+    name: "RerankResult",
+    fields: &[
+        (1, "usage", T::Message(&USAGE)),
+        (2, "results", T::RepMessage(&DOCUMENT_RESULT)),
+    ],
+};
+
+static DOCUMENT_RESULT: Schema = Schema {
+    name: "DocumentResult",
+    fields: &[
+        (1, "index", T::Int32),
+        (2, "text", T::String),
+        (3, "relevance_score", T::Float),
+    ],
+};
+
+static USAGE: Schema = Schema {
+    name: "Usage",
+    fields: &[
+        (1, "total_tokens", T::Int32),
+        (2, "prompt_tokens", T::Int32),
+    ],
+};
+
+static METRICS_REQUEST: Schema = Schema {
+    name: "MetricsRequest",
+    fields: &[],
+};
+
+static METRICS_RESPONSE: Schema = Schema {
+    name: "MetricsResponse",
+    fields: &[
+        (1, "slot_id", T::Int32),
+        (2, "prompt_json_for_slot", T::String),
+        (3, "tokens_per_second", T::Float),
+        (4, "tokens_generated", T::Int32),
+        (5, "prompt_tokens_processed", T::Int32),
+    ],
+};
+
+static MODEL_METADATA_RESPONSE: Schema = Schema {
+    name: "ModelMetadataResponse",
+    fields: &[
+        (1, "supports_thinking", T::Bool),
+        (2, "rendered_template", T::String),
+        (3, "tool_format", T::Message(&TOOL_FORMAT_MARKERS)),
+        (4, "media_marker", T::String),
+    ],
+};
+
+static TOOL_FORMAT_MARKERS: Schema = Schema {
+    name: "ToolFormatMarkers",
+    fields: &[
+        (1, "format_type", T::String),
+        (2, "section_start", T::String),
+        (3, "section_end", T::String),
+        (4, "per_call_start", T::String),
+        (5, "per_call_end", T::String),
+        (6, "func_name_prefix", T::String),
+        (7, "func_name_suffix", T::String),
+        (8, "func_close", T::String),
+        (9, "arg_name_prefix", T::String),
+        (10, "arg_name_suffix", T::String),
+        (11, "arg_value_prefix", T::String),
+        (12, "arg_value_suffix", T::String),
+        (13, "arg_separator", T::String),
+        (14, "name_field", T::String),
+        (15, "args_field", T::String),
+        (16, "id_field", T::String),
+        (17, "fun_name_is_key", T::Bool),
+        (18, "tools_array_wrapped", T::Bool),
+        (20, "reasoning_start", T::String),
+        (21, "reasoning_end", T::String),
+        (22, "content_start", T::String),
+        (23, "content_end", T::String),
+        (24, "args_start", T::String),
+        (25, "args_end", T::String),
+        (26, "function_field", T::String),
+        (27, "parameter_order", T::RepString),
+        (28, "gen_id_field", T::String),
+        (29, "call_id_position", T::String),
+        (30, "call_id_prefix", T::String),
+        (31, "call_id_suffix", T::String),
+    ],
 };
 
 /// Every message of the contract.
-static ALL_SCHEMAS: [&Schema; 13] = [
+static ALL_SCHEMAS: [&Schema; 28] = [
     &PREDICT_OPTIONS,
     &MODEL_OPTIONS,
     &HEALTH_MESSAGE,
@@ -305,12 +477,28 @@ static ALL_SCHEMAS: [&Schema; 13] = [
     &MEMORY_USAGE_DATA,
     &GRAMMAR_TRIGGER,
     &EMBEDDING_RESULT,
+    &PROXY_OPTIONS,
+    &DETOKENIZE_REQUEST,
+    &DETOKENIZE_RESPONSE,
+    &SCORE_REQUEST,
+    &SCORE_RESPONSE,
+    &CANDIDATE_SCORE,
+    &TOKEN_LOG_PROB,
+    &RERANK_REQUEST,
+    &RERANK_RESULT,
+    &DOCUMENT_RESULT,
+    &USAGE,
+    &METRICS_REQUEST,
+    &METRICS_RESPONSE,
+    &MODEL_METADATA_RESPONSE,
+    &TOOL_FORMAT_MARKERS,
 ];
 
 /// The numbers the contract skips: (message, numbers).
-static SKIPPED: [(&Schema, &[u32]); 2] = [
+static SKIPPED: [(&Schema, &[u32]); 3] = [
     (&PREDICT_OPTIONS, &[24]),
     (&MODEL_OPTIONS, &[16, 22, 23, 24, 25]),
+    (&TOOL_FORMAT_MARKERS, &[19]),
 ];
 
 /// The numbers the contract skips in `schema`.
@@ -336,6 +524,21 @@ const RPCS: &[(&str, &str, &str, bool)] = &[
     ("Free", "HealthMessage", "Result", false),
     ("Status", "HealthMessage", "StatusResponse", false),
     ("Embedding", "PredictOptions", "EmbeddingResult", false),
+    (
+        "Detokenize",
+        "DetokenizeRequest",
+        "DetokenizeResponse",
+        false,
+    ),
+    ("Score", "ScoreRequest", "ScoreResponse", false),
+    ("Rerank", "RerankRequest", "RerankResult", false),
+    ("GetMetrics", "MetricsRequest", "MetricsResponse", false),
+    (
+        "ModelMetadata",
+        "ModelOptions",
+        "ModelMetadataResponse",
+        false,
+    ),
 ];
 
 /// The contract's package and service: paths are `/backend.Backend/<Rpc>`.
@@ -414,8 +617,13 @@ fn sample_value(num: u32, name: &'static str, ty: Ty, variant: u32) -> Val {
         T::Float => Val::F32(n as f32 + 0.5),
         T::Double => Val::F64(f64::from(n) + 0.5),
         T::Bool => Val::Bool(true),
-        // The most negative value (ERROR = -1): a negative enum is a 10-byte varint.
-        T::Enum(e) => Val::Enum(e.values.iter().map(|v| v.1).min().unwrap()),
+        // The most negative value (ERROR = -1: a negative enum is a 10-byte varint), or the
+        // largest where none is negative (never the default 0).
+        T::Enum(e) => {
+            let min = e.values.iter().map(|v| v.1).min().unwrap();
+            let max = e.values.iter().map(|v| v.1).max().unwrap();
+            Val::Enum(if min < 0 { min } else { max })
+        }
         T::RepString => Val::Strs(vec![format!("{label}[0]"), format!("{label}[1]")]),
         T::RepInt32 => Val::I32s(vec![n, -n]),
         T::RepFloat => Val::F32s(vec![n as f32 + 0.5, -(n as f32) - 0.25]),
@@ -612,6 +820,7 @@ impl Contract for pb::PredictOptions {
             ("TopLogprobs", Val::I32(self.top_logprobs)),
             ("Metadata", Val::StrMap(sorted(&self.metadata))),
             ("MinP", Val::F32(self.min_p)),
+            ("ModelIdentity", s(&self.model_identity)),
         ]
     }
 }
@@ -692,6 +901,9 @@ impl Contract for pb::ModelOptions {
             ("LimitAudioPerPrompt", Val::I32(self.limit_audio_per_prompt)),
             ("Reranking", Val::Bool(self.reranking)),
             ("Overrides", strs(&self.overrides)),
+            ("EngineArgs", s(&self.engine_args)),
+            ("Proxy", Val::Msg(self.proxy.as_ref().map(Contract::read))),
+            ("EnableScore", Val::Bool(self.enable_score)),
         ]
     }
 }
@@ -834,7 +1046,244 @@ impl Contract for pb::EmbeddingResult {
         &EMBEDDING_RESULT
     }
     fn read(&self) -> Fields {
-        vec![("embeddings", Val::F32s(self.embeddings.clone()))]
+        vec![
+            ("embeddings", Val::F32s(self.embeddings.clone())),
+            ("tokens", Val::I32(self.tokens)),
+            ("dim", Val::I32(self.dim)),
+            ("prompt_tokens", Val::I32(self.prompt_tokens)),
+            ("layout", Val::Enum(self.layout)),
+        ]
+    }
+}
+
+impl Contract for pb::ProxyOptions {
+    fn schema() -> &'static Schema {
+        &PROXY_OPTIONS
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("upstream_url", s(&self.upstream_url)),
+            ("mode", s(&self.mode)),
+            ("provider", s(&self.provider)),
+            ("api_key_env", s(&self.api_key_env)),
+            ("api_key_file", s(&self.api_key_file)),
+            ("upstream_model", s(&self.upstream_model)),
+            (
+                "request_timeout_seconds",
+                Val::I32(self.request_timeout_seconds),
+            ),
+            ("cache_prompt", Val::Bool(self.cache_prompt)),
+        ]
+    }
+}
+
+impl Contract for pb::DetokenizeRequest {
+    fn schema() -> &'static Schema {
+        &DETOKENIZE_REQUEST
+    }
+    fn read(&self) -> Fields {
+        vec![("tokens", Val::I32s(self.tokens.clone()))]
+    }
+}
+
+impl Contract for pb::DetokenizeResponse {
+    fn schema() -> &'static Schema {
+        &DETOKENIZE_RESPONSE
+    }
+    fn read(&self) -> Fields {
+        vec![("content", s(&self.content))]
+    }
+}
+
+impl Contract for pb::ScoreRequest {
+    fn schema() -> &'static Schema {
+        &SCORE_REQUEST
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("prompt", s(&self.prompt)),
+            ("candidates", strs(&self.candidates)),
+            (
+                "include_token_logprobs",
+                Val::Bool(self.include_token_logprobs),
+            ),
+            ("length_normalize", Val::Bool(self.length_normalize)),
+            ("ModelIdentity", s(&self.model_identity)),
+            ("stable_prefix_len", Val::I32(self.stable_prefix_len)),
+        ]
+    }
+}
+
+impl Contract for pb::ScoreResponse {
+    fn schema() -> &'static Schema {
+        &SCORE_RESPONSE
+    }
+    fn read(&self) -> Fields {
+        vec![("candidates", msgs(&self.candidates))]
+    }
+}
+
+impl Contract for pb::CandidateScore {
+    fn schema() -> &'static Schema {
+        &CANDIDATE_SCORE
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("log_prob", Val::F64(self.log_prob)),
+            (
+                "length_normalized_log_prob",
+                Val::F64(self.length_normalized_log_prob),
+            ),
+            ("tokens", msgs(&self.tokens)),
+            ("num_tokens", Val::I32(self.num_tokens)),
+        ]
+    }
+}
+
+impl Contract for pb::TokenLogProb {
+    fn schema() -> &'static Schema {
+        &TOKEN_LOG_PROB
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("token", s(&self.token)),
+            ("log_prob", Val::F64(self.log_prob)),
+        ]
+    }
+}
+
+impl Contract for pb::RerankRequest {
+    fn schema() -> &'static Schema {
+        &RERANK_REQUEST
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("query", s(&self.query)),
+            ("documents", strs(&self.documents)),
+            ("top_n", Val::I32(self.top_n)),
+            ("ModelIdentity", s(&self.model_identity)),
+        ]
+    }
+}
+
+impl Contract for pb::RerankResult {
+    fn schema() -> &'static Schema {
+        &RERANK_RESULT
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("usage", Val::Msg(self.usage.as_ref().map(Contract::read))),
+            ("results", msgs(&self.results)),
+        ]
+    }
+}
+
+impl Contract for pb::DocumentResult {
+    fn schema() -> &'static Schema {
+        &DOCUMENT_RESULT
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("index", Val::I32(self.index)),
+            ("text", s(&self.text)),
+            ("relevance_score", Val::F32(self.relevance_score)),
+        ]
+    }
+}
+
+impl Contract for pb::Usage {
+    fn schema() -> &'static Schema {
+        &USAGE
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("total_tokens", Val::I32(self.total_tokens)),
+            ("prompt_tokens", Val::I32(self.prompt_tokens)),
+        ]
+    }
+}
+
+impl Contract for pb::MetricsRequest {
+    fn schema() -> &'static Schema {
+        &METRICS_REQUEST
+    }
+    fn read(&self) -> Fields {
+        Vec::new()
+    }
+}
+
+impl Contract for pb::MetricsResponse {
+    fn schema() -> &'static Schema {
+        &METRICS_RESPONSE
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("slot_id", Val::I32(self.slot_id)),
+            ("prompt_json_for_slot", s(&self.prompt_json_for_slot)),
+            ("tokens_per_second", Val::F32(self.tokens_per_second)),
+            ("tokens_generated", Val::I32(self.tokens_generated)),
+            (
+                "prompt_tokens_processed",
+                Val::I32(self.prompt_tokens_processed),
+            ),
+        ]
+    }
+}
+
+impl Contract for pb::ModelMetadataResponse {
+    fn schema() -> &'static Schema {
+        &MODEL_METADATA_RESPONSE
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("supports_thinking", Val::Bool(self.supports_thinking)),
+            ("rendered_template", s(&self.rendered_template)),
+            (
+                "tool_format",
+                Val::Msg(self.tool_format.as_ref().map(Contract::read)),
+            ),
+            ("media_marker", s(&self.media_marker)),
+        ]
+    }
+}
+
+impl Contract for pb::ToolFormatMarkers {
+    fn schema() -> &'static Schema {
+        &TOOL_FORMAT_MARKERS
+    }
+    fn read(&self) -> Fields {
+        vec![
+            ("format_type", s(&self.format_type)),
+            ("section_start", s(&self.section_start)),
+            ("section_end", s(&self.section_end)),
+            ("per_call_start", s(&self.per_call_start)),
+            ("per_call_end", s(&self.per_call_end)),
+            ("func_name_prefix", s(&self.func_name_prefix)),
+            ("func_name_suffix", s(&self.func_name_suffix)),
+            ("func_close", s(&self.func_close)),
+            ("arg_name_prefix", s(&self.arg_name_prefix)),
+            ("arg_name_suffix", s(&self.arg_name_suffix)),
+            ("arg_value_prefix", s(&self.arg_value_prefix)),
+            ("arg_value_suffix", s(&self.arg_value_suffix)),
+            ("arg_separator", s(&self.arg_separator)),
+            ("name_field", s(&self.name_field)),
+            ("args_field", s(&self.args_field)),
+            ("id_field", s(&self.id_field)),
+            ("fun_name_is_key", Val::Bool(self.fun_name_is_key)),
+            ("tools_array_wrapped", Val::Bool(self.tools_array_wrapped)),
+            ("reasoning_start", s(&self.reasoning_start)),
+            ("reasoning_end", s(&self.reasoning_end)),
+            ("content_start", s(&self.content_start)),
+            ("content_end", s(&self.content_end)),
+            ("args_start", s(&self.args_start)),
+            ("args_end", s(&self.args_end)),
+            ("function_field", s(&self.function_field)),
+            ("parameter_order", strs(&self.parameter_order)),
+            ("gen_id_field", s(&self.gen_id_field)),
+            ("call_id_position", s(&self.call_id_position)),
+            ("call_id_prefix", s(&self.call_id_prefix)),
+            ("call_id_suffix", s(&self.call_id_suffix)),
+        ]
     }
 }
 
@@ -858,6 +1307,21 @@ macro_rules! for_every_message {
         $check::<pb::MemoryUsageData>();
         $check::<pb::GrammarTrigger>();
         $check::<pb::EmbeddingResult>();
+        $check::<pb::ProxyOptions>();
+        $check::<pb::DetokenizeRequest>();
+        $check::<pb::DetokenizeResponse>();
+        $check::<pb::ScoreRequest>();
+        $check::<pb::ScoreResponse>();
+        $check::<pb::CandidateScore>();
+        $check::<pb::TokenLogProb>();
+        $check::<pb::RerankRequest>();
+        $check::<pb::RerankResult>();
+        $check::<pb::DocumentResult>();
+        $check::<pb::Usage>();
+        $check::<pb::MetricsRequest>();
+        $check::<pb::MetricsResponse>();
+        $check::<pb::ModelMetadataResponse>();
+        $check::<pb::ToolFormatMarkers>();
     };
 }
 
@@ -962,10 +1426,10 @@ fn check_reencode<M: Contract>() {
 #[test]
 fn contract_tables_are_complete_and_ordered() {
     let numbers = |s: &Schema| s.fields.iter().map(|f| f.0).collect::<Vec<_>>();
-    // The contract's tables: 1..=53 and 1..=72 with the skips, small messages 1..=n.
+    // The contract's tables: 1..=54 and 1..=75 with the skips, small messages 1..=n.
     let expected_last = [
-        ("PredictOptions", 53),
-        ("ModelOptions", 72),
+        ("PredictOptions", 54),
+        ("ModelOptions", 75),
         ("HealthMessage", 0),
         ("Reply", 8),
         ("ChatDelta", 3),
@@ -976,7 +1440,22 @@ fn contract_tables_are_complete_and_ordered() {
         ("StatusResponse", 2),
         ("MemoryUsageData", 2),
         ("GrammarTrigger", 1),
-        ("EmbeddingResult", 1),
+        ("EmbeddingResult", 5),
+        ("ProxyOptions", 8),
+        ("DetokenizeRequest", 1),
+        ("DetokenizeResponse", 1),
+        ("ScoreRequest", 6),
+        ("ScoreResponse", 1),
+        ("CandidateScore", 4),
+        ("TokenLogProb", 2),
+        ("RerankRequest", 4),
+        ("RerankResult", 2),
+        ("DocumentResult", 3),
+        ("Usage", 2),
+        ("MetricsRequest", 0),
+        ("MetricsResponse", 5),
+        ("ModelMetadataResponse", 4),
+        ("ToolFormatMarkers", 31),
     ];
     for (schema, (name, last)) in ALL_SCHEMAS.iter().zip(expected_last) {
         assert_eq!(schema.name, name);
@@ -986,7 +1465,34 @@ fn contract_tables_are_complete_and_ordered() {
         assert_eq!(numbers(schema), want, "{name}: numbers");
     }
     let field_count: usize = ALL_SCHEMAS.iter().map(|s| s.fields.len()).sum();
-    assert_eq!(field_count, 52 + 67 + 8 + 3 + 4 + 6 + 2 + 2 + 2 + 2 + 1 + 1);
+    assert_eq!(
+        field_count,
+        53 + 70
+            + 8
+            + 3
+            + 4
+            + 6
+            + 2
+            + 2
+            + 2
+            + 2
+            + 1
+            + 5
+            + 8
+            + 1
+            + 1
+            + 6
+            + 1
+            + 4
+            + 2
+            + 4
+            + 2
+            + 3
+            + 2
+            + 5
+            + 4
+            + 30
+    );
 }
 
 #[test]
@@ -1119,6 +1625,8 @@ mod descriptor {
         pub package: Option<String>,
         #[prost(message, repeated, tag = "4")]
         pub message_type: Vec<DescriptorProto>,
+        #[prost(message, repeated, tag = "5")]
+        pub enum_type: Vec<EnumDescriptorProto>,
         #[prost(message, repeated, tag = "6")]
         pub service: Vec<ServiceDescriptorProto>,
         #[prost(string, optional, tag = "12")]
@@ -1353,6 +1861,28 @@ fn descriptor_declares_exactly_the_contract_fields() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "StatusResponse.State values");
+
+    let layout = file
+        .enum_type
+        .iter()
+        .find(|e| e.name.as_deref() == Some(EMBEDDING_LAYOUT.name))
+        .expect("enum EmbeddingLayout");
+    let got: Vec<(String, i32)> = layout
+        .value
+        .iter()
+        .map(|v| {
+            (
+                v.name.clone().unwrap_or_default(),
+                v.number.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, i32)> = EMBEDDING_LAYOUT
+        .values
+        .iter()
+        .map(|&(n, v)| (n.to_owned(), v))
+        .collect();
+    assert_eq!(got, want, "EmbeddingLayout values");
 }
 
 /// `/backend.Backend/<Rpc>`.
@@ -1403,6 +1933,11 @@ fn descriptor_declares_the_contract_service() {
             "/backend.Backend/Free",
             "/backend.Backend/Status",
             "/backend.Backend/Embedding",
+            "/backend.Backend/Detokenize",
+            "/backend.Backend/Score",
+            "/backend.Backend/Rerank",
+            "/backend.Backend/GetMetrics",
+            "/backend.Backend/ModelMetadata",
         ]
     );
 }
@@ -1439,6 +1974,11 @@ async fn generated_client_sends_the_contract_paths() {
     let _ = client.free(pb::HealthMessage {}).await;
     let _ = client.status(pb::HealthMessage {}).await;
     let _ = client.embedding(pb::PredictOptions::default()).await;
+    let _ = client.detokenize(pb::DetokenizeRequest::default()).await;
+    let _ = client.score(pb::ScoreRequest::default()).await;
+    let _ = client.rerank(pb::RerankRequest::default()).await;
+    let _ = client.get_metrics(pb::MetricsRequest {}).await;
+    let _ = client.model_metadata(pb::ModelOptions::default()).await;
     let sent = recorder.0.lock().unwrap().clone();
     let want: Vec<String> = RPCS.iter().map(|r| path(r.0)).collect();
     assert_eq!(sent, want);

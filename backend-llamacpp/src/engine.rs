@@ -281,6 +281,21 @@ impl LoadedModel for LlamaLoaded {
             .collect())
     }
 
+    fn detokenize(&self, ids: &[i32]) -> Result<String, EngineError> {
+        let vocab = self.model.vocab();
+        let n_vocab = self.model.n_vocab();
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if !(0..n_vocab).contains(&id) {
+                return Err(EngineError::InvalidArgument(format!(
+                    "tokens: id {id} is outside the vocabulary (0..{n_vocab})"
+                )));
+            }
+            bytes.extend(vocab.token_to_piece(LlamaToken(id), true, None));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn generate(
         &self,
         request: &GenerationRequest,

@@ -343,6 +343,23 @@ impl LoadedModel for CandleModel {
         Ok(ids.into_iter().map(|t| t as i32).collect())
     }
 
+    fn detokenize(&self, ids: &[i32]) -> Result<String, EngineError> {
+        let vocab = self.tokenizer.vocab_size();
+        let mut bytes = Vec::new();
+        for &id in ids {
+            let id = u32::try_from(id)
+                .ok()
+                .filter(|&id| (id as usize) < vocab)
+                .ok_or_else(|| {
+                    EngineError::InvalidArgument(format!(
+                        "tokens: id {id} is outside the vocabulary (0..{vocab})"
+                    ))
+                })?;
+            bytes.extend_from_slice(self.tokenizer.piece(id));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn generate(
         &self,
         request: &GenerationRequest,

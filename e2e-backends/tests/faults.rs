@@ -50,10 +50,12 @@ enum Fault {
     NegativeTokensAccepted,
     CancelIgnored,
     EmptyEmbedding,
+    DetokenizeDropsLastChar,
+    IdentityIgnored,
 }
 
 /// Each fault, its `E2E_FAULT` name and the capability that must fail.
-const FAULTS: [(Fault, &str, &str); 19] = [
+const FAULTS: [(Fault, &str, &str); 21] = [
     (Fault::HealthNotOk, "health_not_ok", "health"),
     (Fault::CountsMissing, "counts_missing", "predict"),
     (
@@ -101,11 +103,17 @@ const FAULTS: [(Fault, &str, &str); 19] = [
     ),
     (Fault::CancelIgnored, "cancel_ignored", "cancel"),
     (Fault::EmptyEmbedding, "empty_embedding", "embeddings"),
+    (
+        Fault::DetokenizeDropsLastChar,
+        "detokenize_drops_last_char",
+        "detokenize",
+    ),
+    (Fault::IdentityIgnored, "identity_ignored", "model_identity"),
 ];
 
 /// Every capability the double offers (all but `json_schema`, which needs a real grammar
 /// engine).
-const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
+const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,detokenize,model_identity,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
 
 const TEMPLATE: &str = "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }}{% if not loop.last %},{% endif %}{% endfor %}</tools><|im_end|>\n{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
@@ -263,6 +271,19 @@ impl Engine for ScriptEngine {
 impl LoadedModel for ScriptModel {
     fn tokenize(&self, text: &str, _add_bos: bool) -> Result<Vec<i32>, EngineError> {
         Ok(text.chars().map(|c| c as i32).collect())
+    }
+
+    fn detokenize(&self, ids: &[i32]) -> Result<String, EngineError> {
+        ids.iter()
+            .map(|&id| {
+                u32::try_from(id)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| {
+                        EngineError::InvalidArgument(format!("tokens: {id} is no character"))
+                    })
+            })
+            .collect()
     }
 
     fn generate(
@@ -526,6 +547,9 @@ impl Backend for FaultService {
         if self.is(Fault::NegativeTokensAccepted) && request.get_ref().tokens < 0 {
             request.get_mut().tokens = 0;
         }
+        if self.is(Fault::IdentityIgnored) {
+            request.get_mut().model_identity.clear();
+        }
         let mut response = self.inner.predict(request).await?;
         let reply = response.get_mut();
         match self.fault {
@@ -637,6 +661,50 @@ impl Backend for FaultService {
         }
         Ok(response)
     }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        self.authorize(&request, false)?;
+        let mut response = self.inner.detokenize(request).await?;
+        if self.is(Fault::DetokenizeDropsLastChar) {
+            response.get_mut().content.pop();
+        }
+        Ok(response)
+    }
+
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        self.authorize(&request, false)?;
+        self.inner.score(request).await
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResult>, Status> {
+        self.authorize(&request, false)?;
+        self.inner.rerank(request).await
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        self.authorize(&request, false)?;
+        self.inner.get_metrics(request).await
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelOptions>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        self.authorize(&request, false)?;
+        self.inner.model_metadata(request).await
+    }
 }
 
 /// The double's command line: LocalAI's.
@@ -728,8 +796,8 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
         }
     }
     anyhow::ensure!(
-        outcomes.len() == 19,
-        "expected 19 trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
+        outcomes.len() == 21,
+        "expected 21 trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(outcomes)

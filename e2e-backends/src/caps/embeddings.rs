@@ -2,7 +2,7 @@
 //! one for the same text, another one for another text, closer for a text that means the
 //! same; token ids (LocalAI forwards an integer `input` as EmbeddingTokens) embed like their
 //! text.
-use backend_common::pb::PredictOptions;
+use backend_common::pb::{EmbeddingLayout, PredictOptions};
 use tonic::Code;
 
 use super::{CheckError, Rpc, Verdict, ensure};
@@ -53,9 +53,39 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// or an empty input are INVALID_ARGUMENT; the model still generates.
 pub async fn embeddings(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
-    let a = embed(&mut client, of_text(&ctx.config.prompt)).await?;
-    ctx.note(format!("{} dimensions", a.len()));
+    let reply = client
+        .embedding(of_text(&ctx.config.prompt))
+        .await
+        .rpc("Embedding")?;
+    let a = reply.embeddings.clone();
+    ctx.note(format!(
+        "{} dimensions, layout {}, tokens {}, dim {}, prompt_tokens {}",
+        a.len(),
+        reply.layout,
+        reply.tokens,
+        reply.dim,
+        reply.prompt_tokens
+    ));
     ensure!(!a.is_empty(), "Embedding returned an empty vector");
+    // Current LocalAI describes the vector (a worker of the April 2026 proto leaves it out).
+    if reply.layout != EmbeddingLayout::Unspecified as i32 {
+        ensure!(
+            reply.dim > 0 && a.len() == (reply.tokens.max(0) * reply.dim) as usize,
+            "Embedding says tokens={} dim={} but holds {} floats",
+            reply.tokens,
+            reply.dim,
+            a.len()
+        );
+        ensure!(
+            reply.layout != EmbeddingLayout::Final as i32 || reply.tokens == 1,
+            "a pooled (FINAL) embedding is one vector; tokens={}",
+            reply.tokens
+        );
+        ensure!(
+            reply.prompt_tokens > 0,
+            "Embedding must count the prompt's tokens"
+        );
+    }
     ensure!(
         a.iter().all(|x| x.is_finite()) && a.iter().any(|x| *x != 0.0),
         "the embedding is not a finite non-zero vector"

@@ -13,6 +13,7 @@ mod bad_input;
 mod basic;
 mod embeddings;
 mod grammar;
+mod identity;
 mod lifecycle;
 mod sampling;
 mod streams;
@@ -59,12 +60,16 @@ pub enum Capability {
     Auth,
     /// Bad requests get the right status code and the worker keeps serving.
     BadInput,
+    /// Detokenize gives back the text TokenizeString split.
+    Detokenize,
+    /// A request naming another model (`ModelIdentity`) is NOT_FOUND.
+    ModelIdentity,
 }
 
 impl Capability {
     /// Every capability, in the order the trials run: `cancel` last, since a worker that
     /// fails it may stay busy for a while.
-    pub const ALL: [Capability; 19] = [
+    pub const ALL: [Capability; 21] = [
         Capability::Health,
         Capability::Load,
         Capability::Predict,
@@ -73,6 +78,8 @@ impl Capability {
         Capability::Tools,
         Capability::StreamTools,
         Capability::Tokenize,
+        Capability::Detokenize,
+        Capability::ModelIdentity,
         Capability::Logprobs,
         Capability::LogitBias,
         Capability::Reasoning,
@@ -108,6 +115,8 @@ impl Capability {
             Capability::Status => "status",
             Capability::Auth => "auth",
             Capability::BadInput => "bad_input",
+            Capability::Detokenize => "detokenize",
+            Capability::ModelIdentity => "model_identity",
         }
     }
 
@@ -192,6 +201,8 @@ pub async fn check(cap: Capability, ctx: &Context) -> Result<Verdict, CheckError
         Capability::Tools => tools::tools(ctx).await,
         Capability::StreamTools => tools::stream_tools(ctx).await,
         Capability::Tokenize => basic::tokenize(ctx).await,
+        Capability::Detokenize => identity::detokenize(ctx).await,
+        Capability::ModelIdentity => identity::model_identity(ctx).await,
         Capability::Logprobs => sampling::logprobs(ctx).await,
         Capability::LogitBias => sampling::logit_bias(ctx).await,
         Capability::Reasoning => tools::reasoning(ctx).await,
