@@ -19,6 +19,7 @@ pub mod logprobs;
 pub mod message_limit;
 pub mod model_path;
 pub mod options;
+pub mod parent_watch;
 pub mod parsers;
 pub mod pb;
 pub mod reply;

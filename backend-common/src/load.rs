@@ -24,6 +24,77 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "jinja",
 ];
 
+/// `ModelOptions.EngineArgs` (a JSON object of engine arguments, vLLM's `AsyncEngineArgs`
+/// names) as options appended after `Options`, so they win. A key that neither this crate
+/// nor the engine (`engine_options`) reads is INVALID_ARGUMENT, with the closest known key.
+pub fn engine_args_options(
+    engine_args: &str,
+    engine_options: &[&str],
+) -> Result<Vec<String>, EngineError> {
+    if engine_args.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let invalid = |reason: String| EngineError::InvalidArgument(format!("EngineArgs: {reason}"));
+    let value: serde_json::Value = serde_json::from_str(engine_args).map_err(|e| {
+        invalid(format!(
+            "not JSON ({e}); send a JSON object such as {{\"max_num_seqs\": 8}}"
+        ))
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid(format!("{value} is not a JSON object")))?;
+    let known: Vec<&str> = COMMON_OPTIONS
+        .iter()
+        .chain(engine_options)
+        .copied()
+        .collect();
+    let mut options = Vec::new();
+    for (key, value) in object {
+        let name = key.trim_start_matches('-').replace('-', "_");
+        if !known.contains(&name.as_str()) {
+            let hint = known
+                .iter()
+                .min_by_key(|k| edit_distance(k, &name))
+                .filter(|k| edit_distance(k, &name) <= 3)
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            return Err(invalid(format!(
+                "`{key}` is not an argument this backend reads (it reads {}){hint}",
+                known.join(", ")
+            )));
+        }
+        let value = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => value.to_string(),
+            other => {
+                return Err(invalid(format!(
+                    "`{key}`: {other} is not a string, number or boolean"
+                )));
+            }
+        };
+        options.push(format!("{name}:{value}"));
+    }
+    Ok(options)
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// KV cache element types accepted in `CacheTypeKey` / `CacheTypeValue` (llama.cpp's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheType {
@@ -377,6 +448,36 @@ impl LoadRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_args_become_options_and_unknown_keys_get_a_hint() {
+        let options = engine_args_options(
+            r#"{"max_num_seqs": 8, "enable-prefix-caching": false, "dtype": "bf16"}"#,
+            &["max_num_seqs", "enable_prefix_caching"],
+        )
+        .unwrap();
+        assert_eq!(
+            options,
+            [
+                "max_num_seqs:8",
+                "enable_prefix_caching:false",
+                "dtype:bf16"
+            ]
+        );
+        assert_eq!(engine_args_options(" ", &[]).unwrap(), Vec::<String>::new());
+        let e = engine_args_options(r#"{"max_num_seq": 8}"#, &["max_num_seqs"]).unwrap_err();
+        assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+        assert!(
+            e.to_string().contains("did you mean `max_num_seqs`?"),
+            "{e}"
+        );
+        let e = engine_args_options(r#"{"zzzzzzzzzz": 1}"#, &[]).unwrap_err();
+        assert!(!e.to_string().contains("did you mean"), "{e}");
+        for bad in ["[1]", "{", r#"{"dtype": [1]}"#] {
+            let e = engine_args_options(bad, &[]).unwrap_err();
+            assert!(e.to_string().starts_with("EngineArgs: "), "{e}");
+        }
+    }
 
     fn load(o: ModelOptions) -> Result<LoadRequest, EngineError> {
         LoadRequest::from_proto(&ModelOptions {

@@ -3,7 +3,8 @@
 //! Each entry is split on its FIRST colon only, so values such as `host:port` or
 //! `--flag:value` survive (LocalAI's C++ backend cuts them; we do not). A bare `key` means
 //! `true`. A key may be written as vLLM's command-line flag: `--max-num-seqs` reads as
-//! `max_num_seqs` (leading dashes dropped, inner dashes read as underscores). Getters are
+//! `max_num_seqs` (leading dashes dropped, inner dashes read as underscores), and such a flag
+//! may also take its value after `=` (`--max-num-seqs=8`). Getters are
 //! typed and report the key as written and the offending value; unknown keys are only
 //! logged, because LocalAI configs are shared across backends.
 use std::collections::BTreeMap;
@@ -42,8 +43,14 @@ impl Options {
             if item.is_empty() {
                 continue;
             }
-            let (key, value) = match item.split_once(':') {
-                Some((k, v)) => (k.trim(), v.trim()),
+            // vLLM's command line writes `--flag=value`; LocalAI's options `key:value`.
+            let split = if item.starts_with("--") {
+                item.find([':', '='])
+            } else {
+                item.find(':')
+            };
+            let (key, value) = match split {
+                Some(at) => (item[..at].trim(), item[at + 1..].trim()),
                 None => (item, "true"),
             };
             let name = normalise(key);
@@ -142,6 +149,24 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_take_their_value_after_a_colon_or_an_equals_sign() {
+        let o = Options::parse(&[
+            "--max-num-seqs=8",
+            "--block-size:32",
+            "--enforce-eager",
+            "url:a=b",
+        ]);
+        assert_eq!(o.get_str(&["max_num_seqs"]), Some(("--max-num-seqs", "8")));
+        assert_eq!(o.get_str(&["block_size"]), Some(("--block-size", "32")));
+        assert_eq!(
+            o.get_str(&["enforce_eager"]),
+            Some(("--enforce-eager", "true"))
+        );
+        // Only flags split on `=`: a LocalAI option keeps it in its value.
+        assert_eq!(o.get_str(&["url"]), Some(("url", "a=b")));
+    }
 
     #[test]
     fn splits_on_first_colon_only() {

@@ -332,7 +332,10 @@ impl<E: Engine> Backend for BackendService<E> {
         request: Request<pb::ModelOptions>,
     ) -> Result<Response<pb::Result>, Status> {
         let span = self.span("LoadModel", "");
-        let load = LoadRequest::from_proto(&request.into_inner()).map_err(Status::from)?;
+        let mut proto = request.into_inner();
+        let engine_args = crate::load::engine_args_options(&proto.engine_args, E::OPTIONS)?;
+        proto.options.extend(engine_args);
+        let load = LoadRequest::from_proto(&proto).map_err(Status::from)?;
         span.in_scope(|| load.log_unread(E::OPTIONS));
         let path = load.path.clone();
         let file_name = path
@@ -723,7 +726,8 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The `main` of a worker: logs, a runtime, the server until SIGINT/SIGTERM.
+/// The `main` of a worker: logs, a runtime, the server until SIGINT/SIGTERM or until the
+/// process that started it is gone ([`crate::parent_watch`]).
 pub fn run<E: Engine>(engine: E, args: &ServeArgs) -> ExitCode {
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -737,7 +741,20 @@ pub fn run<E: Engine>(engine: E, args: &ServeArgs) -> ExitCode {
         }
     };
     let token = std::env::var(AUTH_TOKEN_ENV).ok();
-    match runtime.block_on(serve(engine, args, token, termination_signal())) {
+    let watch = crate::parent_watch::interval_from_env();
+    let shutdown = async move {
+        let parent_gone = async {
+            match watch {
+                Some(interval) => crate::parent_watch::parent_gone(interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = termination_signal() => {}
+            _ = parent_gone => {}
+        }
+    };
+    match runtime.block_on(serve(engine, args, token, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -283,3 +283,101 @@ async fn bad_models_name_the_problem_and_keep_the_model() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_args_and_flag_spellings_set_engine_options() {
+    let block_size = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            let status = client.status(HealthMessage {}).await.unwrap().into_inner();
+            status.memory.unwrap().breakdown["kv_block_size"]
+        }
+    };
+    let mut options = load_options(SMOLLM2);
+    options.engine_args = r#"{"block_size": 32, "max-num-seqs": 4}"#.into();
+    // EngineArgs come after Options, so they win.
+    options.options = vec!["block_size:8".into()];
+    let (_worker, mut client) = started_with(options).await;
+    assert_eq!(block_size(&mut client).await, 32);
+    let mut flags = load_options(SMOLLM2);
+    flags.options = vec!["--block-size=64".into()];
+    load(&mut client, flags).await;
+    assert_eq!(block_size(&mut client).await, 64);
+    let mut typo = load_options(SMOLLM2);
+    typo.engine_args = r#"{"max_num_seq": 4}"#.into();
+    let e = client.load_model(typo).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("did you mean `max_num_seqs`?"), "{e}");
+    // The refused load kept the model.
+    assert_eq!(block_size(&mut client).await, 64);
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Starts the worker in the background of a shell, kills the shell, and returns how long the
+/// worker lived on (up to `wait`).
+fn outlives_parent_by(watch: &str, wait: std::time::Duration) -> std::time::Duration {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script =
+        format!("{watch} '{BINARY}' --addr 127.0.0.1:{port} 2>/dev/null & echo $!; sleep 60");
+    let mut parent = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    // Serving: its port answers.
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the worker never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let orphaned = std::time::Instant::now();
+    while !ended(pid) && orphaned.elapsed() < wait {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let lived = orphaned.elapsed();
+    if !ended(pid) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    lived
+}
+
+#[test]
+fn a_worker_whose_parent_dies_shuts_down_within_two_intervals() {
+    let interval = std::time::Duration::from_millis(300);
+    let lived = outlives_parent_by(
+        "LOCALAI_BACKEND_PARENT_WATCH_INTERVAL=300ms",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(lived <= 2 * interval, "the orphaned worker lived {lived:?}");
+    // With the watch off it serves on.
+    let lived = outlives_parent_by(
+        "LOCALAI_BACKEND_PARENT_WATCH=off LOCALAI_BACKEND_PARENT_WATCH_INTERVAL=300ms",
+        4 * interval,
+    );
+    assert!(lived >= 4 * interval, "{lived:?}");
+}

@@ -74,7 +74,13 @@ fn every_capability_points_at_a_concrete_entry() {
     assert!(metas.len() >= 2, "a meta entry per backend");
     for meta in metas {
         assert!(meta.uri.is_none(), "{}: a meta entry has no uri", meta.name);
-        assert!(meta.alias.is_some(), "{}: has an alias", meta.name);
+        let alias = meta.alias.as_deref().unwrap_or_default();
+        assert!(!alias.is_empty(), "{}: has an alias", meta.name);
+        assert!(
+            !["vllm", "llama-cpp", "llama.cpp"].contains(&alias),
+            "{}: alias `{alias}` is an upstream backend's name",
+            meta.name
+        );
         for key in REQUIRED_KEYS {
             assert!(
                 meta.capabilities.contains_key(key),

@@ -155,8 +155,9 @@ async fn chat_answer(client: &mut Client) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// PredictStream returns text, the counts on its final chunk, and no final chunk that
-/// repeats the whole answer (clients would show it twice); then [`like_unary`] and
+/// PredictStream returns text, the counts on its final chunk, no final chunk that repeats
+/// the whole answer (clients would show it twice) and not the same text in its first two
+/// chunks (upstream's guard against a first token sent twice); then [`like_unary`] and
 /// [`stop_string`].
 pub async fn stream(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
@@ -172,6 +173,18 @@ pub async fn stream(ctx: &Context) -> Result<Verdict, CheckError> {
         replies.len()
     );
     repeated_tail(&replies)?;
+    // Upstream's guard against a first token sent twice: the first two text chunks differ.
+    let texts: Vec<&[u8]> = replies
+        .iter()
+        .map(|r| r.message.as_slice())
+        .filter(|m| !m.is_empty())
+        .take(2)
+        .collect();
+    ensure!(
+        texts.len() < 2 || texts[0] != texts[1],
+        "the first two text chunks are the same ({:?}): the first token was sent twice",
+        String::from_utf8_lossy(texts[0])
+    );
     let last = replies.last().map(|r| (r.tokens, r.prompt_tokens));
     ensure!(
         last.is_some_and(|(t, p)| t > 0 && p > 0),
