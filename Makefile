@@ -150,7 +150,7 @@ docker-build-backends: docker-build-llama-cpp docker-build-vllm
 ## The conformance harness against an image: make test-extra-backend BACKEND_IMAGE=...
 ## (BACKEND_TEST_* variables as in LocalAI; JUnit XML in $(JUNIT_DIR)).
 JUNIT_DIR ?= $(TARGET_DIR)/junit
-EXTRA_CAPS ?= health,load,predict,stream,tools,stream_tools,grammar,json_schema,detokenize,model_identity,bad_input
+EXTRA_CAPS ?= health,load,predict,stream,tools,stream_tools,grammar,json_schema,detokenize,model_identity,metrics,bad_input
 QWEN_GGUF = $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 test-extra-backend: image-tool
 	@[ -n "$(BACKEND_IMAGE)" ] || { echo "set BACKEND_IMAGE=NAME:TAG (a local image)"; exit 2; }

@@ -17,6 +17,7 @@ pub mod host;
 pub mod load;
 pub mod logprobs;
 pub mod message_limit;
+pub mod metrics;
 pub mod model_path;
 pub mod options;
 pub mod parent_watch;

@@ -19,6 +19,7 @@ use crate::engine::{
 };
 use crate::load::LoadRequest;
 use crate::message_limit::MessageLimitLayer;
+use crate::metrics::{Generations, Progress};
 use crate::options::OptionError;
 use crate::parsers::ChatParser;
 use crate::pb::backend_server::{Backend, BackendServer};
@@ -137,6 +138,8 @@ pub struct BackendService<E: Engine> {
     /// One LoadModel or Free at a time.
     loading: tokio::sync::Mutex<()>,
     state: Arc<WorkerState>,
+    /// The generations running, for GetMetrics.
+    generations: Arc<Generations>,
     shutdown: watch::Receiver<bool>,
     next_request: AtomicU64,
 }
@@ -149,6 +152,7 @@ impl<E: Engine> BackendService<E> {
             served: Arc::new(RwLock::new(None)),
             loading: tokio::sync::Mutex::new(()),
             state: Arc::new(WorkerState::default()),
+            generations: Arc::new(Generations::default()),
             shutdown,
             next_request: AtomicU64::new(1),
         }
@@ -250,6 +254,7 @@ where
 /// Collects a whole generation for the unary `Predict`.
 struct CollectSink {
     builder: ReplyBuilder,
+    progress: Arc<Progress>,
     shutdown: watch::Receiver<bool>,
     /// Set when the RPC is dropped (the client went away) before the reply was made.
     gone: Arc<AtomicBool>,
@@ -257,6 +262,7 @@ struct CollectSink {
 
 impl TokenSink for CollectSink {
     fn token(&mut self, token: GeneratedToken) -> Flow {
+        self.progress.token();
         let chunk = self.builder.push(&token);
         if chunk.stopped || self.abandoned() {
             Flow::Stop
@@ -291,6 +297,7 @@ impl Drop for Disarm {
 /// Sends each token's chunk as it comes; stops when the client is gone.
 struct StreamSink {
     builder: ReplyBuilder,
+    progress: Arc<Progress>,
     tx: mpsc::Sender<Result<Reply, Status>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -304,6 +311,7 @@ impl TokenSink for StreamSink {
         if self.abandoned() {
             return Flow::Stop;
         }
+        self.progress.token();
         let chunk = self.builder.push(&token);
         if let Some(reply) = chunk.reply
             && self.tx.blocking_send(Ok(reply)).is_err()
@@ -410,10 +418,13 @@ impl<E: Engine> Backend for BackendService<E> {
         let shutdown = self.shutdown.clone();
         let gone = Arc::new(AtomicBool::new(false));
         let mut guard = Disarm(Some(Arc::clone(&gone)));
+        let generations = Arc::clone(&self.generations);
         let reply = blocking(span, move || {
             let (generation, parser) = prepare(&served, &req)?;
+            let running = generations.start(generation.prompt.len(), &req.correlation_id);
             let mut sink = CollectSink {
                 builder: ReplyBuilder::unary(&req.stop_prompts, parser),
+                progress: running.progress(),
                 shutdown,
                 gone,
             };
@@ -442,11 +453,14 @@ impl<E: Engine> Backend for BackendService<E> {
         let (tx, rx) = mpsc::channel(64);
         let state = Arc::clone(&self.state);
         let shutdown = self.shutdown.clone();
+        let generations = Arc::clone(&self.generations);
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let _busy = state.busy();
+            let running = generations.start(generation.prompt.len(), &req.correlation_id);
             let mut sink = StreamSink {
                 builder: ReplyBuilder::new(&req.stop_prompts, parser),
+                progress: running.progress(),
                 tx: tx.clone(),
                 shutdown,
             };
@@ -587,7 +601,7 @@ impl<E: Engine> Backend for BackendService<E> {
         &self,
         _: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
-        Err(EngineError::Unimplemented("GetMetrics").into())
+        Ok(Response::new(self.generations.busiest()))
     }
 
     async fn model_metadata(

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{self, QWEN, SMOLLM2, collect, load, load_options, model, raw};
+use e2e_backends::testing::{
+    self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, collect, load, load_options, model, raw,
+    single_call,
+};
 use e2e_backends::worker::Worker;
 use tonic::Code;
 
@@ -100,26 +103,7 @@ async fn reflection_lists_the_backend_service() {
 const WEATHER_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}}, "required": ["location"]}}}]"#;
 
 fn weather_request() -> PredictOptions {
-    PredictOptions {
-        use_tokenizer_template: true,
-        messages: vec![
-            Message {
-                role: "system".into(),
-                content: "You are a helpful assistant with access to tools.".into(),
-                ..Default::default()
-            },
-            Message {
-                role: "user".into(),
-                content: "What's the weather like in Paris, France?".into(),
-                ..Default::default()
-            },
-        ],
-        tools: WEATHER_TOOLS.into(),
-        tool_choice: "\"auto\"".into(),
-        tokens: 200,
-        temperature: 0.0,
-        ..Default::default()
-    }
+    testing::weather_request(WEATHER_TOOLS, "\"auto\"")
 }
 
 #[test]
@@ -272,8 +256,6 @@ async fn grammar_triggers_make_the_grammar_lazy() {
     assert!(!text.contains("DONE") && lazy.tokens == 24, "{text:?}");
 }
 
-const TWO_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}]"#;
-
 /// The weather question with two tools on offer and the given tool choice.
 fn forced_request(tool_choice: &str) -> PredictOptions {
     PredictOptions {
@@ -282,25 +264,6 @@ fn forced_request(tool_choice: &str) -> PredictOptions {
         tokens: 60,
         ..weather_request()
     }
-}
-
-/// The one call of a reply, merged from its chat deltas as LocalAI merges them.
-fn single_call(replies: &[Reply]) -> (String, serde_json::Value) {
-    let (mut names, mut arguments, mut indices) = (Vec::new(), String::new(), Vec::new());
-    for delta in replies.iter().flat_map(|r| &r.chat_deltas) {
-        for call in &delta.tool_calls {
-            indices.push(call.index);
-            if !call.name.is_empty() {
-                names.push(call.name.clone());
-            }
-            arguments.push_str(&call.arguments);
-        }
-    }
-    assert_eq!(names.len(), 1, "one call, named once: {replies:?}");
-    assert!(indices.iter().all(|&i| i == 0), "{indices:?}");
-    let arguments = serde_json::from_str(&arguments)
-        .unwrap_or_else(|e| panic!("arguments {arguments:?} are not JSON: {e}"));
-    (names.remove(0), arguments)
 }
 
 fn assert_weather_arguments(arguments: &serde_json::Value) {
@@ -358,10 +321,6 @@ async fn forced_tool_choice_makes_qwen_call_a_tool() {
         "{arguments}"
     );
 }
-
-/// A tool whose schema Qwen does not follow on its own (it writes "Paris" or "Paris, France"
-/// for the location): a location of three capitals.
-const STRICT_TOOL: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "pattern": "^[A-Z]{3}$"}, "unit": {"type": "string", "enum": ["kelvin"]}}, "required": ["location", "unit"]}}}]"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_tool_choice_constrains_a_call_once_the_model_opens_one() {

@@ -249,7 +249,12 @@ mod tests {
         let parser = factory()
             .create_parser(TopLevelGrammar::from_lark(lark.clone()))
             .unwrap_or_else(|e| panic!("{lark}: {e}"));
-        let mut matcher = Matcher::new(Ok(parser));
+        runs_through(Matcher::new(Ok(parser)), text)
+    }
+
+    /// Whether `matcher` takes `text` byte by byte (each allowed by the mask before it) and
+    /// then allows the end.
+    fn runs_through(mut matcher: Matcher, text: &str) -> bool {
         for b in text.bytes() {
             let mask = matcher.compute_mask_or_eos().unwrap();
             if !mask.is_allowed(u32::from(b)) {
@@ -341,17 +346,7 @@ ws ::= [ \t\n]*"#;
             .unwrap();
         std::thread::Builder::new()
             .stack_size(2 << 20)
-            .spawn(move || {
-                let mut matcher = Matcher::new(Ok(parser));
-                for b in text.bytes() {
-                    let mask = matcher.compute_mask_or_eos().unwrap();
-                    if !mask.is_allowed(u32::from(b)) {
-                        return false;
-                    }
-                    matcher.consume_token(u32::from(b)).unwrap();
-                }
-                matcher.compute_mask_or_eos().unwrap().is_allowed(255)
-            })
+            .spawn(move || runs_through(Matcher::new(Ok(parser)), &text))
             .unwrap()
             .join()
             .unwrap()

@@ -4,9 +4,12 @@
 //! says what it must be, validated against it.
 mod common;
 
-use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions};
 use e2e_backends::client::Client;
-use e2e_backends::testing::{self, QWEN, SMOLLM2, chat, collect, load_options, raw, text};
+use e2e_backends::testing::{
+    self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, chat, collect, load_options, raw, single_call,
+    text, weather_request,
+};
 use e2e_backends::worker::Worker;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -173,51 +176,6 @@ async fn a_grammar_that_forbids_the_natural_answer_still_holds() {
     );
 }
 
-const TWO_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"], "additionalProperties": false}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"], "additionalProperties": false}}}]"#;
-
-fn weather_request(tools: &str, tool_choice: &str) -> PredictOptions {
-    PredictOptions {
-        use_tokenizer_template: true,
-        messages: vec![
-            Message {
-                role: "system".into(),
-                content: "You are a helpful assistant with access to tools.".into(),
-                ..Default::default()
-            },
-            Message {
-                role: "user".into(),
-                content: "What's the weather like in Paris, France?".into(),
-                ..Default::default()
-            },
-        ],
-        tools: tools.into(),
-        tool_choice: tool_choice.into(),
-        tokens: 80,
-        temperature: 0.0,
-        ..Default::default()
-    }
-}
-
-/// The one call of a reply's chat deltas, merged as LocalAI merges them.
-fn single_call(replies: &[Reply]) -> (String, Value) {
-    let (mut names, mut arguments) = (Vec::new(), String::new());
-    for call in replies
-        .iter()
-        .flat_map(|r| &r.chat_deltas)
-        .flat_map(|d| &d.tool_calls)
-    {
-        assert_eq!(call.index, 0, "one call");
-        if !call.name.is_empty() {
-            names.push(call.name.clone());
-        }
-        arguments.push_str(&call.arguments);
-    }
-    assert_eq!(names.len(), 1, "one call, named once: {replies:?}");
-    let arguments = serde_json::from_str(&arguments)
-        .unwrap_or_else(|e| panic!("arguments {arguments:?} are not JSON: {e}"));
-    (names.remove(0), arguments)
-}
-
 /// The parameters schema of tool `name` in `tools`.
 fn parameters(tools: &str, name: &str) -> Value {
     let tools: Value = serde_json::from_str(tools).unwrap();
@@ -241,7 +199,10 @@ async fn forced_tool_calls_are_well_formed_with_qwen_and_smollm2() {
             (named("get_weather"), Some("get_weather")),
             (named("get_time"), Some("get_time")),
         ] {
-            let request = weather_request(TWO_TOOLS, &choice);
+            let request = PredictOptions {
+                tokens: 80,
+                ..weather_request(TWO_TOOLS, &choice)
+            };
             let unary = client.predict(request.clone()).await.unwrap().into_inner();
             let (called, arguments) = single_call(std::slice::from_ref(&unary));
             if let Some(wanted) = wanted {
@@ -263,10 +224,6 @@ async fn forced_tool_calls_are_well_formed_with_qwen_and_smollm2() {
         }
     }
 }
-
-/// A tool whose schema Qwen does not follow on its own (it writes "Paris" or "Paris,
-/// France" for the location): three capitals, and a unit it never picks.
-const STRICT_TOOL: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "pattern": "^[A-Z]{3}$"}, "unit": {"type": "string", "enum": ["kelvin"]}}, "required": ["location", "unit"]}}}]"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_tool_choice_constrains_a_call_once_qwen_opens_one() {

@@ -118,6 +118,59 @@ pub fn chat(user: &str, tokens: i32) -> PredictOptions {
     }
 }
 
+/// Two tools: the weather in a location (with an optional unit) and the time in a zone.
+pub const TWO_TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "description": "The city and country, e.g. Paris, France"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"], "additionalProperties": false}}}, {"type": "function", "function": {"name": "get_time", "description": "Get the current time in a time zone", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"], "additionalProperties": false}}}]"#;
+
+/// A weather tool whose schema Qwen does not follow on its own (it writes "Paris" or "Paris,
+/// France" for the location): a location of three capitals, and a unit it never picks.
+pub const STRICT_TOOL: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": {"type": "object", "properties": {"location": {"type": "string", "pattern": "^[A-Z]{3}$"}, "unit": {"type": "string", "enum": ["kelvin"]}}, "required": ["location", "unit"]}}}]"#;
+
+/// "What's the weather like in Paris, France?" through the model's template, with a system
+/// prompt, `tools` (OpenAI JSON) and `tool_choice`; greedy, up to 200 tokens.
+pub fn weather_request(tools: &str, tool_choice: &str) -> PredictOptions {
+    PredictOptions {
+        use_tokenizer_template: true,
+        messages: vec![
+            Message {
+                role: "system".into(),
+                content: "You are a helpful assistant with access to tools.".into(),
+                ..Default::default()
+            },
+            Message {
+                role: "user".into(),
+                content: "What's the weather like in Paris, France?".into(),
+                ..Default::default()
+            },
+        ],
+        tools: tools.into(),
+        tool_choice: tool_choice.into(),
+        tokens: 200,
+        temperature: 0.0,
+        ..Default::default()
+    }
+}
+
+/// The one tool call of a reply's chat deltas, merged as LocalAI merges them: its name and
+/// its arguments parsed as JSON.
+pub fn single_call(replies: &[Reply]) -> (String, serde_json::Value) {
+    let (mut names, mut arguments) = (Vec::new(), String::new());
+    for call in replies
+        .iter()
+        .flat_map(|r| &r.chat_deltas)
+        .flat_map(|d| &d.tool_calls)
+    {
+        assert_eq!(call.index, 0, "one call: {replies:?}");
+        if !call.name.is_empty() {
+            names.push(call.name.clone());
+        }
+        arguments.push_str(&call.arguments);
+    }
+    assert_eq!(names.len(), 1, "one call, named once: {replies:?}");
+    let arguments = serde_json::from_str(&arguments)
+        .unwrap_or_else(|e| panic!("arguments {arguments:?} are not JSON: {e}"));
+    (names.remove(0), arguments)
+}
+
 /// Every chunk of a PredictStream, in order.
 pub async fn collect(client: &mut Client, req: PredictOptions) -> Vec<Reply> {
     let mut stream = client.predict_stream(req).await.unwrap().into_inner();

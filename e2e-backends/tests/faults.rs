@@ -52,10 +52,11 @@ enum Fault {
     EmptyEmbedding,
     DetokenizeDropsLastChar,
     IdentityIgnored,
+    MetricsEmpty,
 }
 
 /// Each fault, its `E2E_FAULT` name and the capability that must fail.
-const FAULTS: [(Fault, &str, &str); 21] = [
+const FAULTS: [(Fault, &str, &str); 22] = [
     (Fault::HealthNotOk, "health_not_ok", "health"),
     (Fault::CountsMissing, "counts_missing", "predict"),
     (
@@ -109,11 +110,12 @@ const FAULTS: [(Fault, &str, &str); 21] = [
         "detokenize",
     ),
     (Fault::IdentityIgnored, "identity_ignored", "model_identity"),
+    (Fault::MetricsEmpty, "metrics_empty", "metrics"),
 ];
 
 /// Every capability the double offers (all but `json_schema`, which needs a real grammar
 /// engine).
-const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,detokenize,model_identity,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
+const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,detokenize,model_identity,metrics,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
 
 const TEMPLATE: &str = "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }}{% if not loop.last %},{% endif %}{% endfor %}</tools><|im_end|>\n{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
@@ -695,7 +697,11 @@ impl Backend for FaultService {
         request: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
         self.authorize(&request, false)?;
-        self.inner.get_metrics(request).await
+        let mut response = self.inner.get_metrics(request).await?;
+        if self.is(Fault::MetricsEmpty) {
+            *response.get_mut() = pb::MetricsResponse::default();
+        }
+        Ok(response)
     }
 
     async fn model_metadata(
@@ -796,8 +802,8 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
         }
     }
     anyhow::ensure!(
-        outcomes.len() == 21,
-        "expected 21 trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
+        outcomes.len() == 22,
+        "expected 22 trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(outcomes)

@@ -38,6 +38,14 @@ pub enum TemplateError {
         /// What the JSON decoder or the shape check said.
         reason: String,
     },
+    /// `Metadata["chat_template_kwargs"]` is not a JSON object.
+    #[error(
+        "Metadata chat_template_kwargs is not a JSON object ({reason}); send one such as {{\"enable_thinking\": false}}"
+    )]
+    InvalidTemplateKwargs {
+        /// What the JSON decoder or the shape check said.
+        reason: String,
+    },
     /// The request has no messages to render (transformers refuses these too).
     #[error("cannot apply a chat template to an empty conversation; send at least one message")]
     EmptyConversation,

@@ -30,6 +30,9 @@ use env::{Clock, RaisedException};
 /// reject them as duplicate keyword arguments).
 const RESERVED_NAMES: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
 
+/// The `Metadata` key whose JSON object current LocalAI merges into the template's variables.
+const TEMPLATE_KWARGS: &str = "chat_template_kwargs";
+
 /// One render's inputs, as a LocalAI `PredictOptions` carries them.
 #[derive(Debug, Clone, Copy)]
 pub struct RenderRequest<'a> {
@@ -152,10 +155,23 @@ impl ChatTemplate {
                 context.push((key.to_owned(), Value::from(token.as_str())));
             }
         }
-        // Metadata comes after the tokens so it may override them, as transformers' kwargs do.
+        // Metadata comes after the tokens so it may override them, as transformers' kwargs do;
+        // `chat_template_kwargs` (current LocalAI: a JSON object) is merged last of all.
         for (key, value) in request.metadata {
-            if !RESERVED_NAMES.contains(&key.as_str()) {
+            if !RESERVED_NAMES.contains(&key.as_str()) && key != TEMPLATE_KWARGS {
                 context.push((key.clone(), metadata_value(value)));
+            }
+        }
+        if let Some(kwargs) = request.metadata.get(TEMPLATE_KWARGS) {
+            let invalid = |reason: String| TemplateError::InvalidTemplateKwargs { reason };
+            let kwargs: Json = serde_json::from_str(kwargs).map_err(|e| invalid(e.to_string()))?;
+            let Json::Object(kwargs) = kwargs else {
+                return Err(invalid(format!("{kwargs} is not an object")));
+            };
+            for (key, value) in &kwargs {
+                if !RESERVED_NAMES.contains(&key.as_str()) {
+                    context.push((key.clone(), json_to_value(value)));
+                }
             }
         }
         context.push(("messages".to_owned(), Value::from(messages)));
@@ -312,6 +328,35 @@ mod tests {
             render("{{ enable_thinking is defined }}", &[user("hi")], "", &[]),
             "False"
         );
+    }
+
+    #[test]
+    fn chat_template_kwargs_are_merged_last_and_reasoning_effort_passes() {
+        let template = "{{ enable_thinking }}|{{ reasoning_effort }}|{{ depth }}|{{ chat_template_kwargs is defined }}";
+        let metadata = [
+            ("enable_thinking", "true"),
+            ("reasoning_effort", "high"),
+            (
+                "chat_template_kwargs",
+                r#"{"enable_thinking": false, "depth": 3, "messages": "ignored"}"#,
+            ),
+        ];
+        assert_eq!(
+            render(template, &[user("hi")], "", &metadata),
+            "False|high|3|False"
+        );
+        for bad in ["[1]", "{"] {
+            let out = render(
+                template,
+                &[user("hi")],
+                "",
+                &[("chat_template_kwargs", bad)],
+            );
+            assert!(
+                out.starts_with("ERROR: Metadata chat_template_kwargs is not a JSON object"),
+                "{out}"
+            );
+        }
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub async fn model_identity(ctx: &Context) -> Result<Verdict, CheckError> {
     for identity in ["", loaded.as_str()] {
         let reply = client.predict(named(identity)).await.rpc("Predict")?;
         ensure!(
-            reply.tokens > 0,
+            !reply.message.is_empty(),
             "Predict with ModelIdentity {identity:?} (the loaded model is {loaded:?}) generated nothing"
         );
     }
@@ -119,7 +119,7 @@ pub async fn model_identity(ctx: &Context) -> Result<Verdict, CheckError> {
     mismatch("Score", client.score(score).await.map(|_| ()))?;
     let after = client.predict(named("")).await.rpc("Predict")?;
     ensure!(
-        after.tokens > 0,
+        !after.message.is_empty(),
         "after the refusals, Predict generates nothing"
     );
     Ok(Verdict::Passed)

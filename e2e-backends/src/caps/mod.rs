@@ -15,6 +15,7 @@ mod embeddings;
 mod grammar;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod sampling;
 mod streams;
 mod tools;
@@ -64,12 +65,14 @@ pub enum Capability {
     Detokenize,
     /// A request naming another model (`ModelIdentity`) is NOT_FOUND.
     ModelIdentity,
+    /// GetMetrics reports the busiest running generation.
+    Metrics,
 }
 
 impl Capability {
     /// Every capability, in the order the trials run: `cancel` last, since a worker that
     /// fails it may stay busy for a while.
-    pub const ALL: [Capability; 21] = [
+    pub const ALL: [Capability; 22] = [
         Capability::Health,
         Capability::Load,
         Capability::Predict,
@@ -80,6 +83,7 @@ impl Capability {
         Capability::Tokenize,
         Capability::Detokenize,
         Capability::ModelIdentity,
+        Capability::Metrics,
         Capability::Logprobs,
         Capability::LogitBias,
         Capability::Reasoning,
@@ -117,6 +121,7 @@ impl Capability {
             Capability::BadInput => "bad_input",
             Capability::Detokenize => "detokenize",
             Capability::ModelIdentity => "model_identity",
+            Capability::Metrics => "metrics",
         }
     }
 
@@ -203,6 +208,7 @@ pub async fn check(cap: Capability, ctx: &Context) -> Result<Verdict, CheckError
         Capability::Tokenize => basic::tokenize(ctx).await,
         Capability::Detokenize => identity::detokenize(ctx).await,
         Capability::ModelIdentity => identity::model_identity(ctx).await,
+        Capability::Metrics => metrics::metrics(ctx).await,
         Capability::Logprobs => sampling::logprobs(ctx).await,
         Capability::LogitBias => sampling::logit_bias(ctx).await,
         Capability::Reasoning => tools::reasoning(ctx).await,
