@@ -4,7 +4,7 @@
 //! in `contract.rs`.
 use std::time::Duration;
 
-use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{Message, ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
     self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, collect, load, load_options, model, raw,
@@ -233,27 +233,7 @@ async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grammar_triggers_make_the_grammar_lazy() {
-    let worker = start().await;
-    let mut client = worker.client(None).await.unwrap();
-    let mut req = raw("Once upon a time, in a small village by the sea,", 24);
-    req.grammar = r#"root ::= "DONE" [.]"#.into();
-    let with = |triggers: &[&str]| ModelOptions {
-        grammar_triggers: triggers
-            .iter()
-            .map(|w| GrammarTrigger {
-                word: w.to_string(),
-            })
-            .collect(),
-        ..load_options(SMOLLM2)
-    };
-    load(&mut client, with(&[])).await;
-    let strict = client.predict(req.clone()).await.unwrap().into_inner();
-    assert_eq!(String::from_utf8_lossy(&strict.message), "DONE.");
-    // With a trigger the story never contains, the grammar never starts: free text.
-    load(&mut client, with(&["DONE"])).await;
-    let lazy = client.predict(req.clone()).await.unwrap().into_inner();
-    let text = String::from_utf8_lossy(&lazy.message);
-    assert!(!text.contains("DONE") && lazy.tokens == 24, "{text:?}");
+    testing::grammar_triggers_make_the_grammar_lazy(BINARY.as_ref()).await;
 }
 
 /// The weather question with two tools on offer and the given tool choice.

@@ -4,7 +4,7 @@
 //! says what it must be, validated against it.
 mod common;
 
-use backend_common::pb::{GrammarTrigger, Message, ModelOptions, PredictOptions};
+use backend_common::pb::{Message, PredictOptions};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
     self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, chat, collect, load_options, raw, single_call,
@@ -272,41 +272,7 @@ async fn auto_tool_choice_constrains_a_call_once_qwen_opens_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grammar_triggers_make_the_grammar_lazy() {
-    let worker = testing::start(BINARY.as_ref()).await;
-    let mut client = worker.client(None).await.unwrap();
-    let mut request = raw("Once upon a time, in a small village by the sea,", 24);
-    request.grammar = r#"root ::= "DONE" [.]"#.into();
-    let with = |triggers: &[&str]| ModelOptions {
-        grammar_triggers: triggers
-            .iter()
-            .map(|w| GrammarTrigger {
-                word: w.to_string(),
-            })
-            .collect(),
-        ..load_options(SMOLLM2)
-    };
-    testing::load(&mut client, with(&[])).await;
-    let strict = client.predict(request.clone()).await.unwrap().into_inner();
-    assert_eq!(String::from_utf8_lossy(&strict.message), "DONE.");
-    // A trigger the story never contains: the grammar never starts, the text is free.
-    testing::load(&mut client, with(&["DONE"])).await;
-    let lazy = client.predict(request.clone()).await.unwrap().into_inner();
-    let free = String::from_utf8_lossy(&lazy.message).into_owned();
-    assert!(!free.contains("DONE") && lazy.tokens == 24, "{free:?}");
-    // A trigger the story writes early: from there on the grammar holds, and it ends there.
-    let word = free
-        .split_whitespace()
-        .find(|w| w.len() >= 3 && w.chars().all(|c| c.is_ascii_alphabetic()))
-        .expect("a word in the story")
-        .to_string();
-    let before = &free[..free.find(&word).unwrap()];
-    request.grammar = format!("root ::= \"{word}\" \" and the end.\"");
-    testing::load(&mut client, with(&[&word])).await;
-    let triggered = client.predict(request).await.unwrap().into_inner();
-    assert_eq!(
-        String::from_utf8_lossy(&triggered.message),
-        format!("{before}{word} and the end."),
-    );
+    testing::grammar_triggers_make_the_grammar_lazy(BINARY.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

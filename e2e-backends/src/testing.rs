@@ -171,6 +171,47 @@ pub fn single_call(replies: &[Reply]) -> (String, serde_json::Value) {
     (names.remove(0), arguments)
 }
 
+/// `GrammarTriggers` make a load's grammars lazy, on the worker `binary` with SmolLM2: with
+/// no trigger the grammar holds from the first token; with a trigger the story never writes,
+/// the text stays free; with a word the story writes early, the text is free up to it and
+/// follows the grammar from the word on.
+pub async fn grammar_triggers_make_the_grammar_lazy(binary: &Path) {
+    use backend_common::pb::GrammarTrigger;
+    let worker = start(binary).await;
+    let mut client = worker.client(None).await.unwrap();
+    let mut request = raw("Once upon a time, in a small village by the sea,", 24);
+    request.grammar = r#"root ::= "DONE" [.]"#.into();
+    let with = |triggers: &[&str]| ModelOptions {
+        grammar_triggers: triggers
+            .iter()
+            .map(|w| GrammarTrigger {
+                word: w.to_string(),
+            })
+            .collect(),
+        ..load_options(SMOLLM2)
+    };
+    load(&mut client, with(&[])).await;
+    let strict = client.predict(request.clone()).await.unwrap().into_inner();
+    assert_eq!(String::from_utf8_lossy(&strict.message), "DONE.");
+    load(&mut client, with(&["DONE"])).await;
+    let lazy = client.predict(request.clone()).await.unwrap().into_inner();
+    let free = String::from_utf8_lossy(&lazy.message).into_owned();
+    assert!(!free.contains("DONE") && lazy.tokens == 24, "{free:?}");
+    let word = free
+        .split_whitespace()
+        .find(|w| w.len() >= 3 && w.chars().all(|c| c.is_ascii_alphabetic()))
+        .expect("a word in the story")
+        .to_string();
+    let before = &free[..free.find(&word).unwrap()];
+    request.grammar = format!("root ::= \"{word}\" \" and the end.\"");
+    load(&mut client, with(&[&word])).await;
+    let triggered = client.predict(request).await.unwrap().into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&triggered.message),
+        format!("{before}{word} and the end."),
+    );
+}
+
 /// Every chunk of a PredictStream, in order.
 pub async fn collect(client: &mut Client, req: PredictOptions) -> Vec<Reply> {
     let mut stream = client.predict_stream(req).await.unwrap().into_inner();
