@@ -4,11 +4,10 @@
 //! in `contract.rs`.
 use std::time::Duration;
 
-use backend_common::pb::{Message, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
-    self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, collect, load, load_options, model, raw,
-    single_call,
+    self, QWEN, SMOLLM2, TWO_TOOLS, collect, load, load_options, model, raw, single_call,
 };
 use e2e_backends::worker::Worker;
 use tonic::Code;
@@ -305,43 +304,7 @@ async fn forced_tool_choice_makes_qwen_call_a_tool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_tool_choice_constrains_a_call_once_the_model_opens_one() {
     let (_worker, mut client) = started_with(QWEN).await;
-    let request = PredictOptions {
-        tools: STRICT_TOOL.into(),
-        ..weather_request()
-    };
-    let unary = client.predict(request.clone()).await.unwrap().into_inner();
-    let (name, arguments) = single_call(std::slice::from_ref(&unary));
-    assert_eq!(name, "get_weather");
-    // The lazy grammar took over where the call began: the schema holds.
-    assert_eq!(arguments["unit"], "kelvin", "{arguments}");
-    let location = arguments["location"].as_str().unwrap_or_default();
-    assert!(
-        location.len() == 3 && location.chars().all(|c| c.is_ascii_uppercase()),
-        "{arguments}"
-    );
-    let streamed = collect(&mut client, request).await;
-    assert_eq!(single_call(&streamed), (name, arguments));
-    // Before any call the model stays free: a question that needs no tool gets prose.
-    let prose = client
-        .predict(PredictOptions {
-            messages: vec![Message {
-                role: "user".into(),
-                content: "Write one sentence about the history of the Eiffel Tower.".into(),
-                ..Default::default()
-            }],
-            tools: STRICT_TOOL.into(),
-            tokens: 40,
-            ..weather_request()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let content = String::from_utf8_lossy(&prose.message);
-    assert!(content.contains("Eiffel"), "{content:?}");
-    assert!(
-        prose.chat_deltas.iter().all(|d| d.tool_calls.is_empty()),
-        "{prose:?}"
-    );
+    testing::auto_tool_choice_constrains_a_call_once_qwen_opens_one(&mut client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

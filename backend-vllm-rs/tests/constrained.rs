@@ -4,11 +4,11 @@
 //! says what it must be, validated against it.
 mod common;
 
-use backend_common::pb::{Message, PredictOptions};
+use backend_common::pb::PredictOptions;
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
-    self, QWEN, SMOLLM2, STRICT_TOOL, TWO_TOOLS, chat, collect, load_options, raw, single_call,
-    text, weather_request,
+    self, QWEN, SMOLLM2, TWO_TOOLS, chat, collect, load_options, raw, single_call, text,
+    weather_request,
 };
 use e2e_backends::worker::Worker;
 use serde_json::{Value, json};
@@ -228,46 +228,7 @@ async fn forced_tool_calls_are_well_formed_with_qwen_and_smollm2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_tool_choice_constrains_a_call_once_qwen_opens_one() {
     let (_worker, mut client) = started(QWEN, &["tool_parser:hermes"]).await;
-    let request = weather_request(STRICT_TOOL, "\"auto\"");
-    let unary = client.predict(request.clone()).await.unwrap().into_inner();
-    let (name, arguments) = single_call(std::slice::from_ref(&unary));
-    assert_eq!(name, "get_weather");
-    valid_json(
-        &parameters(STRICT_TOOL, "get_weather"),
-        &arguments.to_string(),
-    );
-    let streamed = collect(&mut client, request).await;
-    assert_eq!(single_call(&streamed), (name, arguments));
-    // Before a call the model stays free: a question that needs no tool gets prose.
-    let prose = client
-        .predict(PredictOptions {
-            messages: vec![Message {
-                role: "user".into(),
-                content: "Write one sentence about the history of the Eiffel Tower.".into(),
-                ..Default::default()
-            }],
-            tokens: 40,
-            ..weather_request(STRICT_TOOL, "\"auto\"")
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let content = String::from_utf8_lossy(&prose.message);
-    assert!(content.contains("Eiffel"), "{content:?}");
-    assert!(
-        prose.chat_deltas.iter().all(|d| d.tool_calls.is_empty()),
-        "{prose:?}"
-    );
-    // "none" never yields a call.
-    let none = client
-        .predict(weather_request(STRICT_TOOL, "\"none\""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        none.chat_deltas.iter().all(|d| d.tool_calls.is_empty()),
-        "{none:?}"
-    );
+    testing::auto_tool_choice_constrains_a_call_once_qwen_opens_one(&mut client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -212,6 +212,53 @@ pub async fn grammar_triggers_make_the_grammar_lazy(binary: &Path) {
     );
 }
 
+/// ToolChoice "auto" with [`STRICT_TOOL`] on a worker serving Qwen through `client`: once the
+/// model opens a call, the lazy constraint makes it follow the schema Qwen ignores on its own
+/// (unary and streamed alike); a question that needs no tool gets free prose, and "none"
+/// never yields a call.
+pub async fn auto_tool_choice_constrains_a_call_once_qwen_opens_one(client: &mut Client) {
+    let request = weather_request(STRICT_TOOL, "\"auto\"");
+    let unary = client.predict(request.clone()).await.unwrap().into_inner();
+    let (name, arguments) = single_call(std::slice::from_ref(&unary));
+    assert_eq!(name, "get_weather");
+    assert_eq!(arguments["unit"], "kelvin", "{arguments}");
+    let location = arguments["location"].as_str().unwrap_or_default();
+    assert!(
+        location.len() == 3 && location.chars().all(|c| c.is_ascii_uppercase()),
+        "{arguments}"
+    );
+    assert_eq!(
+        arguments.as_object().map(|o| o.len()),
+        Some(2),
+        "{arguments}"
+    );
+    let streamed = collect(client, request).await;
+    assert_eq!(single_call(&streamed), (name, arguments));
+    let no_call = |reply: &Reply| reply.chat_deltas.iter().all(|d| d.tool_calls.is_empty());
+    let prose = client
+        .predict(PredictOptions {
+            messages: vec![Message {
+                role: "user".into(),
+                content: "Write one sentence about the history of the Eiffel Tower.".into(),
+                ..Default::default()
+            }],
+            tokens: 40,
+            ..weather_request(STRICT_TOOL, "\"auto\"")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let content = String::from_utf8_lossy(&prose.message);
+    assert!(content.contains("Eiffel"), "{content:?}");
+    assert!(no_call(&prose), "{prose:?}");
+    let none = client
+        .predict(weather_request(STRICT_TOOL, "\"none\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(no_call(&none), "{none:?}");
+}
+
 /// Every chunk of a PredictStream, in order.
 pub async fn collect(client: &mut Client, req: PredictOptions) -> Vec<Reply> {
     let mut stream = client.predict_stream(req).await.unwrap().into_inner();
