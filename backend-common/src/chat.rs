@@ -212,6 +212,57 @@ impl ChatSetup {
     }
 }
 
+impl ChatSetup {
+    /// What LocalAI's core asks of a loaded model (ModelMetadata): whether its template
+    /// reacts to `enable_thinking` (rendered both ways, as llama.cpp decides it), the
+    /// template rendered for one user message "test" with thinking on, and the markup of
+    /// its tool parser and reasoning parser. A text-only model has no media marker.
+    pub fn metadata(&self) -> crate::pb::ModelMetadataResponse {
+        let mut response = crate::pb::ModelMetadataResponse::default();
+        if let Some(kind) = self.parsers.tool.kind()
+            && let Some(mut markers) = crate::parsers::tool_format(kind)
+        {
+            if let Some((start, end)) = self
+                .parsers
+                .reasoning
+                .kind()
+                .and_then(crate::parsers::reasoning_markers)
+            {
+                markers.reasoning_start = start.into();
+                markers.reasoning_end = end.into();
+            }
+            response.tool_format = Some(markers);
+        }
+        let Ok(template) = &self.template else {
+            return response;
+        };
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: "test".into(),
+            ..Default::default()
+        }];
+        let render = |thinking: &str| {
+            let metadata = std::collections::HashMap::from([(
+                "enable_thinking".to_string(),
+                thinking.to_string(),
+            )]);
+            template
+                .render(&RenderRequest {
+                    messages: &messages,
+                    tools: "",
+                    add_generation_prompt: true,
+                    metadata: &metadata,
+                })
+                .ok()
+        };
+        if let Some(on) = render("true") {
+            response.supports_thinking = render("false").is_some_and(|off| off != on);
+            response.rendered_template = on;
+        }
+        response
+    }
+}
+
 /// The fields of `PredictOptions` that shape a prompt, as JSON, for the prompt dry-run
 /// (`<worker> render --model M --request request.json`). Keys are the proto names
 /// (`Messages`, `Tools`, ...) or their lower-case forms; `Tools` and a message's
@@ -335,6 +386,37 @@ mod tests {
     }
 
     const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}}]"#;
+
+    #[test]
+    fn metadata_tells_a_thinking_template_from_one_that_is_not() {
+        let thinking = format!(
+            "{CHATML}{{% if add_generation_prompt and enable_thinking is defined and not enable_thinking %}}<think>\n\n</think>\n\n{{% endif %}}"
+        );
+        let qwen3 = setup(Some(&thinking), "Qwen3-0.6B", &[]).metadata();
+        assert!(qwen3.supports_thinking);
+        assert_eq!(
+            qwen3.rendered_template,
+            "<|im_start|>user\ntest<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let markers = qwen3.tool_format.expect("Qwen3 calls tools the Hermes way");
+        assert_eq!(markers.format_type, "json_native");
+        assert_eq!(
+            (
+                markers.reasoning_start.as_str(),
+                markers.reasoning_end.as_str()
+            ),
+            ("<think>", "</think>")
+        );
+        assert!(qwen3.media_marker.is_empty());
+        let plain = setup(Some(CHATML), "SmolLM2-135M", &["tool_parser:qwen3_coder"]).metadata();
+        assert!(!plain.supports_thinking);
+        assert_eq!(
+            plain.tool_format.map(|f| f.format_type),
+            Some("tag_with_tagged".to_string())
+        );
+        let none = setup(None, "SmolLM2-135M", &[]).metadata();
+        assert!(!none.supports_thinking && none.rendered_template.is_empty());
+    }
 
     #[test]
     fn tool_choice_forms() {

@@ -118,6 +118,27 @@ pub enum EmbedInput {
     Tokens(Vec<i32>),
 }
 
+/// A token sequence to score: the log-probability of each of `tokens[from..]` given the
+/// tokens before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoredSequence {
+    /// Prompt then continuation; shorter than the model's context.
+    pub tokens: Vec<i32>,
+    /// Index of the first scored token; at least 1 (a token needs one before it).
+    pub from: usize,
+}
+
+/// An embedding as an engine computes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// The vectors, one after another, each normalised.
+    pub values: Vec<f32>,
+    /// Width of one vector.
+    pub dim: usize,
+    /// One vector per input token (`pooling:none`) rather than one pooled vector.
+    pub per_token: bool,
+}
+
 /// One generation request, validated.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
@@ -255,8 +276,13 @@ pub trait LoadedModel: Send + Sync + 'static {
     fn detokenize(&self, _ids: &[i32]) -> Result<String, EngineError> {
         Err(EngineError::Unimplemented("Detokenize"))
     }
+    /// For each sequence, the log-probability of each scored token (`tokens[from..]`) given
+    /// everything before it, in order. Engines run the sequences together.
+    fn score(&self, _sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Err(EngineError::Unimplemented("Score"))
+    }
     /// An embedding of text or of token ids (for models loaded with `Embeddings`).
-    fn embed(&self, _input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
+    fn embed(&self, _input: &EmbedInput) -> Result<Embedding, EngineError> {
         Err(EngineError::Unimplemented("Embedding"))
     }
     /// Memory the model holds, by part.

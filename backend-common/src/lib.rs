@@ -26,6 +26,7 @@ pub mod pb;
 pub mod reply;
 pub mod request;
 pub mod sampling;
+pub mod score;
 pub mod server;
 pub mod status;
 pub mod stop;

@@ -550,7 +550,7 @@ impl<E: Engine> Backend for BackendService<E> {
         };
         let served = self.current_for(&req.model_identity)?;
         let _busy = self.state.busy();
-        let (embeddings, prompt_tokens) = blocking(span, move || {
+        let (embedding, prompt_tokens) = blocking(span, move || {
             let prompt_tokens = match &input {
                 EmbedInput::Tokens(ids) => ids.len(),
                 EmbedInput::Text(text) => served.model.tokenize(text, true)?.len(),
@@ -558,13 +558,17 @@ impl<E: Engine> Backend for BackendService<E> {
             Ok((served.model.embed(&input)?, prompt_tokens))
         })
         .await?;
-        // One pooled vector: the layout LocalAI's core expects when no pooling is asked for.
+        let layout = if embedding.per_token {
+            pb::EmbeddingLayout::PerToken
+        } else {
+            pb::EmbeddingLayout::Final
+        };
         Ok(Response::new(pb::EmbeddingResult {
-            tokens: 1,
-            dim: embeddings.len() as i32,
+            tokens: (embedding.values.len() / embedding.dim.max(1)) as i32,
+            dim: embedding.dim as i32,
             prompt_tokens: prompt_tokens as i32,
-            layout: pb::EmbeddingLayout::Final as i32,
-            embeddings,
+            layout: layout as i32,
+            embeddings: embedding.values,
         }))
     }
 
@@ -583,8 +587,20 @@ impl<E: Engine> Backend for BackendService<E> {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
-        self.current_for(&request.get_ref().model_identity)?;
-        Err(EngineError::Unimplemented("Score").into())
+        let req = request.into_inner();
+        let span = self.span("Score", "");
+        let served = self.current_for(&req.model_identity)?;
+        let _busy = self.state.busy();
+        let response = blocking(span, move || {
+            let model = &served.model;
+            let plan = crate::score::plan(&req, served.limits.context_length, |text| {
+                model.tokenize(text, true)
+            })?;
+            let logprobs = model.score(&plan.sequences)?;
+            plan.response(&req, &logprobs, |id| model.detokenize(&[id]))
+        })
+        .await?;
+        Ok(Response::new(response))
     }
 
     async fn rerank(
@@ -608,7 +624,10 @@ impl<E: Engine> Backend for BackendService<E> {
         &self,
         _: Request<pb::ModelOptions>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        Err(EngineError::Unimplemented("ModelMetadata").into())
+        // LocalAI's core asks right after LoadModel, with the same options: the answer is
+        // about the model loaded then.
+        let served = self.current()?;
+        Ok(Response::new(served.chat.metadata()))
     }
 }
 

@@ -12,15 +12,15 @@ use llama_cpp_2::model::{LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
-    EmbedInput, Engine, EngineError, FinishReason, Flow, GenerationRequest, GenerationStats,
-    LoadedModel, MemoryReport, ModelInfo, TokenSink,
+    EmbedInput, Embedding, Engine, EngineError, FinishReason, Flow, GenerationRequest,
+    GenerationStats, LoadedModel, MemoryReport, ModelInfo, ScoredSequence, TokenSink,
 };
 use backend_common::load::{CacheType, FlashAttention, LoadRequest};
 use backend_common::template::{SpecialTokens, TemplateSource};
 
 use crate::sampler;
-use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler};
-use crate::settings::{self, LoadSettings};
+use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler, Task};
+use crate::settings::{self, LoadSettings, Pooling};
 
 /// How often a request waiting for its next token checks that its client still listens.
 const ABANDON_POLL: Duration = Duration::from_millis(50);
@@ -31,6 +31,8 @@ pub struct LlamaLoaded {
     scheduler: Scheduler,
     model: Arc<LlamaModel>,
     embeddings: bool,
+    /// `pooling:none`: Embedding gives one vector per token.
+    per_token: bool,
     context_per_slot: u32,
     eog: Vec<LlamaToken>,
     memory: MemoryReport,
@@ -91,15 +93,23 @@ fn context_params(r: &LoadRequest, s: &LoadSettings, context_per_slot: u32) -> L
 fn embedding_params(
     model: &LlamaModel,
     r: &LoadRequest,
+    settings: &LoadSettings,
     context_per_slot: u32,
 ) -> LlamaContextParams {
+    let pooling = match settings.pooling {
+        Some(Pooling::None) => LlamaPoolingType::None,
+        Some(Pooling::Mean) => LlamaPoolingType::Mean,
+        Some(Pooling::Cls) => LlamaPoolingType::Cls,
+        Some(Pooling::Last) => LlamaPoolingType::Last,
+        None => embedding_pooling(model),
+    };
     common_params(r)
         .with_n_ctx(NonZeroU32::new(context_per_slot))
         .with_n_batch(context_per_slot)
         .with_n_ubatch(context_per_slot)
         .with_n_seq_max(1)
         .with_embeddings(true)
-        .with_pooling_type(embedding_pooling(model))
+        .with_pooling_type(pooling)
 }
 
 /// The model's own pooling when its GGUF declares one (embedding models), else mean pooling
@@ -239,7 +249,7 @@ impl Engine for LlamaEngine {
             context_params(&request, &settings, context_per_slot),
             request
                 .embeddings
-                .then(|| embedding_params(&model, &request, context_per_slot)),
+                .then(|| embedding_params(&model, &request, &settings, context_per_slot)),
             config,
             lora,
         )?;
@@ -265,6 +275,7 @@ impl Engine for LlamaEngine {
             scheduler,
             model,
             embeddings: request.embeddings,
+            per_token: settings.pooling == Some(Pooling::None),
             context_per_slot,
             eog,
             memory,
@@ -306,8 +317,10 @@ impl LoadedModel for LlamaLoaded {
         let cancel = Arc::new(AtomicBool::new(false));
         self.scheduler.submit(Job {
             prompt: request.prompt.iter().map(|&id| LlamaToken(id)).collect(),
-            request: request.clone(),
-            sampler,
+            task: Task::Generate {
+                request: Box::new(request.clone()),
+                sampler,
+            },
             events,
             cancel: Arc::clone(&cancel),
         })?;
@@ -349,7 +362,46 @@ impl LoadedModel for LlamaLoaded {
         ))
     }
 
-    fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
+    fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
+        // Every candidate is a job of its own, so they run in parallel slots.
+        let mut replies = Vec::with_capacity(sequences.len());
+        for sequence in sequences {
+            let (events, received) = mpsc::channel();
+            self.scheduler.submit(Job {
+                prompt: sequence.tokens.iter().map(|&id| LlamaToken(id)).collect(),
+                task: Task::Score {
+                    from: sequence.from.max(1),
+                },
+                events,
+                cancel: Arc::new(AtomicBool::new(false)),
+            })?;
+            replies.push(received);
+        }
+        let mut scores = Vec::with_capacity(replies.len());
+        for received in replies {
+            let mut logprobs = Vec::new();
+            loop {
+                match received.recv() {
+                    Ok(Event::Token(token)) => {
+                        logprobs.push(token.logprob.map_or(f32::NAN, |l| l.logprob))
+                    }
+                    Ok(Event::Done(result)) => {
+                        result?;
+                        break;
+                    }
+                    Err(_) => {
+                        return Err(EngineError::Internal(
+                            "the decode loop ended before the scores were done".into(),
+                        ));
+                    }
+                }
+            }
+            scores.push(logprobs);
+        }
+        Ok(scores)
+    }
+
+    fn embed(&self, input: &EmbedInput) -> Result<Embedding, EngineError> {
         if !self.embeddings {
             return Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into()));
         }
@@ -379,7 +431,11 @@ impl LoadedModel for LlamaLoaded {
             )));
         }
         let (reply, result) = mpsc::channel();
-        self.scheduler.embed(EmbedJob { tokens, reply })?;
+        self.scheduler.embed(EmbedJob {
+            tokens,
+            per_token: self.per_token,
+            reply,
+        })?;
         result.recv().map_err(|_| {
             EngineError::Internal("the decode loop ended before the embedding was done".into())
         })?

@@ -8,6 +8,10 @@
 //! With `cache_reuse`, a free slot keeps the KV cache of its last request, and a new request
 //! goes to the slot sharing the longest prompt prefix with it, evaluating only the rest.
 //!
+//! A Score request's candidates run as jobs too: each is a prompt whose logits are read at
+//! every scored position (one log-probability sent per scored token), and that ends when its
+//! prompt is evaluated, without sampling.
+//!
 //! Embedding requests run on the same thread, between steps, in a second context of their
 //! own (pooled embeddings need a context created for them), so they never wait for a slot.
 use std::collections::VecDeque;
@@ -26,7 +30,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
-    EngineError, FinishReason, GeneratedToken, GenerationRequest, GenerationStats, TokenLogprob,
+    Embedding, EngineError, FinishReason, GeneratedToken, GenerationRequest, GenerationStats,
+    TokenLogprob,
 };
 
 /// What a running request hears from the decode loop.
@@ -42,22 +47,39 @@ pub enum Event {
 pub struct Job {
     /// The prompt, tokenized.
     pub prompt: Vec<LlamaToken>,
-    /// Limits and logprob settings.
-    pub request: GenerationRequest,
-    /// The request's sampler chain.
-    pub sampler: LlamaSampler,
-    /// Where tokens go.
+    /// What to do with it.
+    pub task: Task,
+    /// Where tokens go (for a scored prompt: one per scored token, with its logprob).
     pub events: Sender<Event>,
     /// Set by the requester to stop at the next step.
     pub cancel: Arc<AtomicBool>,
+}
+
+/// What a job does with its prompt.
+pub enum Task {
+    /// Generate after it.
+    Generate {
+        /// Limits and logprob settings (boxed: far larger than a score's).
+        request: Box<GenerationRequest>,
+        /// The request's sampler chain.
+        sampler: LlamaSampler,
+    },
+    /// Score `prompt[from..]`: the log-probability of each of those tokens given the ones
+    /// before it (`from` is at least 1).
+    Score {
+        /// Index of the first scored token.
+        from: usize,
+    },
 }
 
 /// An embedding request handed to the decode loop.
 pub struct EmbedJob {
     /// The text, tokenized; it fits in one batch of the embedding context.
     pub tokens: Vec<LlamaToken>,
-    /// Where the normalised, pooled embedding goes.
-    pub reply: Sender<Result<Vec<f32>, EngineError>>,
+    /// One vector per token (the context pools nothing) instead of the pooled one.
+    pub per_token: bool,
+    /// Where the normalised embedding goes.
+    pub reply: Sender<Result<Embedding, EngineError>>,
 }
 
 /// Work for the decode thread.
@@ -210,6 +232,9 @@ struct Slot {
     next_input: Option<LlamaToken>,
     /// Batch row whose logits this slot samples after the current decode.
     logits_row: Option<i32>,
+    /// For a scored prompt: the batch rows of the current decode whose logits score a
+    /// token, with that token's index in the prompt.
+    score_rows: Vec<(i32, usize)>,
     /// Generated tokens fed back into the cache, after the prompt.
     fed: Vec<LlamaToken>,
     /// The cache was shifted: positions no longer match the tokens.
@@ -331,7 +356,7 @@ impl<'m> DecodeLoop<'m> {
             Work::Generate(job) => waiting.push_back(*job),
             Work::Embed(job) => {
                 let result = match self.embedder.as_mut() {
-                    Some(ctx) => embed(ctx, &job.tokens),
+                    Some(ctx) => embed(ctx, &job.tokens, job.per_token),
                     None => Err(EngineError::FailedPrecondition(EMBEDDINGS_OFF.into())),
                 };
                 let _ = job.reply.send(result);
@@ -347,8 +372,13 @@ impl<'m> DecodeLoop<'m> {
             .map(|i| (i, common_prefix(&self.cached[i], &job.prompt)))
             .max_by_key(|&(i, shared)| (shared, std::cmp::Reverse(self.cached[i].len())))
             .expect("admit is called with a free slot");
-        // The last prompt token is always evaluated: its logits pick the first new token.
-        let mut reuse = shared.min(job.prompt.len().saturating_sub(1));
+        // The last prompt token is always evaluated: its logits pick the first new token (a
+        // scored prompt: every position from the one before its first scored token).
+        let must_compute = match job.task {
+            Task::Generate { .. } => job.prompt.len().saturating_sub(1),
+            Task::Score { from } => from.saturating_sub(1),
+        };
+        let mut reuse = shared.min(must_compute);
         if self.config.cache_reuse == 0 || reuse < self.config.cache_reuse as usize {
             reuse = 0;
         }
@@ -376,6 +406,7 @@ impl<'m> DecodeLoop<'m> {
             pos: reuse as i32,
             next_input: None,
             logits_row: None,
+            score_rows: Vec::new(),
             fed: Vec::new(),
             shifted: false,
             generated: 0,
@@ -408,14 +439,30 @@ impl<'m> DecodeLoop<'m> {
             }
             let remaining = &slot.job.prompt[slot.prompt_done..];
             let take = remaining.len().min(budget);
+            let len = slot.job.prompt.len();
+            slot.score_rows.clear();
             for (k, &token) in remaining[..take].iter().enumerate() {
-                let last = slot.prompt_done + k + 1 == slot.job.prompt.len();
-                if self.batch.add(token, slot.pos, &[i as i32], last).is_err() {
+                let at = slot.prompt_done + k;
+                let last = at + 1 == len;
+                // Which logits this position's row gives: the next token's to sample, or
+                // the score of the token after it.
+                let (sample, scores) = match slot.job.task {
+                    Task::Generate { .. } => (last, false),
+                    Task::Score { from } => (false, at + 1 >= from && !last),
+                };
+                if self
+                    .batch
+                    .add(token, slot.pos, &[i as i32], sample || scores)
+                    .is_err()
+                {
                     break;
                 }
                 slot.pos += 1;
-                if last {
+                if sample {
                     slot.logits_row = Some(self.batch.n_tokens() - 1);
+                }
+                if scores {
+                    slot.score_rows.push((self.batch.n_tokens() - 1, at + 1));
                 }
             }
             slot.prompt_done += take;
@@ -441,7 +488,47 @@ impl<'m> DecodeLoop<'m> {
         for i in 0..self.slots.len() {
             if let Some(row) = self.slots[i].as_ref().and_then(|s| s.logits_row) {
                 self.sample(i, row);
+            } else if self.slots[i]
+                .as_ref()
+                .is_some_and(|s| !s.score_rows.is_empty())
+            {
+                self.send_scores(i);
             }
+        }
+        // A scored prompt ends once it is all evaluated.
+        for i in 0..self.slots.len() {
+            if self.slots[i].as_ref().is_some_and(|s| {
+                matches!(s.job.task, Task::Score { .. }) && s.prompt_done == s.job.prompt.len()
+            }) {
+                self.finish(i, FinishReason::Eos);
+            }
+        }
+    }
+
+    /// Sends the log-probability of each token a scored slot's rows of this decode score.
+    fn send_scores(&mut self, index: usize) {
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
+        let mut gone = false;
+        for &(row, at) in &slot.score_rows {
+            let token = slot.job.prompt[at];
+            let logits = self.ctx.get_logits_ith(row);
+            let (logprob, _) = backend_common::logprobs::from_logits(logits, token.0 as usize, 0);
+            let event = Event::Token(GeneratedToken {
+                id: token.0,
+                piece: Vec::new(),
+                special: false,
+                logprob: Some(TokenLogprob {
+                    logprob,
+                    top: Vec::new(),
+                }),
+            });
+            gone |= slot.job.events.send(event).is_err();
+        }
+        slot.score_rows.clear();
+        if gone {
+            self.finish(index, FinishReason::Stopped);
         }
     }
 
@@ -459,16 +546,17 @@ impl<'m> DecodeLoop<'m> {
     fn sample_slot(&mut self, index: usize, row: i32) -> Option<FinishReason> {
         let model = self.model;
         let slot = self.slots[index].as_mut()?;
-        let token = slot.job.sampler.sample(&self.ctx, row);
+        let Task::Generate { request, sampler } = &mut slot.job.task else {
+            return None;
+        };
+        let token = sampler.sample(&self.ctx, row);
         slot.first_token.get_or_insert_with(Instant::now);
         slot.generated += 1;
         let vocab = model.vocab();
-        if vocab.is_eog(token) && !slot.job.request.ignore_eos {
+        if vocab.is_eog(token) && !request.ignore_eos {
             return Some(FinishReason::Eos);
         }
-        let logprob = slot
-            .job
-            .request
+        let logprob = request
             .logprobs
             .map(|top| token_logprob(model, self.ctx.get_logits_ith(row), token, top));
         let event = Event::Token(GeneratedToken {
@@ -480,11 +568,7 @@ impl<'m> DecodeLoop<'m> {
         if slot.job.events.send(event).is_err() {
             return Some(FinishReason::Stopped);
         }
-        let at_limit = slot
-            .job
-            .request
-            .max_tokens
-            .is_some_and(|max| slot.generated >= max);
+        let at_limit = request.max_tokens.is_some_and(|max| slot.generated >= max);
         if at_limit {
             return Some(FinishReason::Length);
         }
@@ -569,8 +653,13 @@ fn shift_context(ctx: &mut LlamaContext<'_>, seq: u32, pos: i32) -> Option<i32> 
     Some(discard)
 }
 
-/// The pooled embedding of `tokens`, L2-normalised as llama.cpp's server does.
-fn embed(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<Vec<f32>, EngineError> {
+/// The pooled embedding of `tokens` (or each token's, `per_token`), each vector
+/// L2-normalised as llama.cpp's server does.
+fn embed(
+    ctx: &mut LlamaContext<'_>,
+    tokens: &[LlamaToken],
+    per_token: bool,
+) -> Result<Embedding, EngineError> {
     // Each embedding starts from an empty cache: pooling covers exactly these tokens.
     ctx.clear_kv_cache();
     let mut batch = LlamaBatch::new(tokens.len(), 1);
@@ -580,16 +669,39 @@ fn embed(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<Vec<f32>, 
     ctx.decode(&mut batch).map_err(|e| {
         EngineError::ResourceExhausted(format!("llama.cpp could not compute the embedding ({e})"))
     })?;
-    let pooled = ctx.embeddings_seq_ith(0).map_err(|e| {
-        EngineError::Internal(format!("llama.cpp returned no pooled embedding ({e})"))
-    })?;
-    let norm = pooled
-        .iter()
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    if !per_token {
+        let pooled = ctx.embeddings_seq_ith(0).map_err(|e| {
+            EngineError::Internal(format!("llama.cpp returned no pooled embedding ({e})"))
+        })?;
+        return Ok(Embedding {
+            values: normalized(pooled),
+            dim: pooled.len(),
+            per_token: false,
+        });
+    }
+    let mut values = Vec::new();
+    let mut dim = 0;
+    for i in 0..tokens.len() {
+        let row = ctx.embeddings_ith(i as i32).map_err(|e| {
+            EngineError::Internal(format!(
+                "llama.cpp returned no embedding for token {i} ({e})"
+            ))
+        })?;
+        dim = row.len();
+        values.extend(normalized(row));
+    }
+    Ok(Embedding {
+        values,
+        dim,
+        per_token: true,
+    })
+}
+
+/// `v` scaled to unit length (a zero vector stays zero).
+fn normalized(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
-    Ok(pooled.iter().map(|&x| x * scale).collect())
+    v.iter().map(|&x| x * scale).collect()
 }
 
 /// Log-probability of `token` and the `top` most likely tokens, from raw logits.

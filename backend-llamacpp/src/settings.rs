@@ -13,6 +13,7 @@ pub const OPTIONS: &[&str] = &[
     "cache_reuse",
     "context_shift",
     "warmup",
+    "pooling",
 ];
 
 /// Context length used when the request leaves `ContextSize` at 0 and the model was trained
@@ -41,6 +42,38 @@ pub struct LoadSettings {
     /// `context_shift`: a generation that fills its context drops the older half of what
     /// follows its first token and goes on, as llama-server does, instead of stopping.
     pub context_shift: bool,
+    /// `pooling`: how Embedding pools the token vectors; `None` leaves it to the model.
+    pub pooling: Option<Pooling>,
+}
+
+/// `pooling:` values (LocalAI's, as llama.cpp names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// `none`: one vector per token (LocalAI's PER_TOKEN layout).
+    None,
+    /// `mean`: the average of the token vectors.
+    Mean,
+    /// `cls`: the first token's vector.
+    Cls,
+    /// `last`: the last token's vector.
+    Last,
+}
+
+impl Pooling {
+    fn parse(value: &str) -> Result<Self, EngineError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Pooling::None),
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "last" => Ok(Pooling::Last),
+            "rank" => Err(EngineError::InvalidArgument(
+                "option `pooling:rank` is for reranking models, which this worker does not serve; use none, mean, cls or last".into(),
+            )),
+            other => Err(EngineError::InvalidArgument(format!(
+                "option `pooling:{other}`: use none, mean, cls or last"
+            ))),
+        }
+    }
 }
 
 impl LoadSettings {
@@ -61,6 +94,10 @@ impl LoadSettings {
             warmup: options.get_bool(&["warmup"])?.unwrap_or(true),
             context_shift: options.get_bool(&["context_shift"])?.unwrap_or(false),
             cache_reuse: options.get_int::<u32>(&["cache_reuse"])?.unwrap_or(0),
+            pooling: options
+                .get_str(&["pooling"])
+                .map(|(_, v)| Pooling::parse(v))
+                .transpose()?,
         })
     }
 }

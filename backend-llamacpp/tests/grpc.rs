@@ -4,7 +4,7 @@
 //! in `contract.rs`.
 use std::time::Duration;
 
-use backend_common::pb::{ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{EmbeddingLayout, ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
     self, QWEN, SMOLLM2, TWO_TOOLS, collect, load, load_options, model, raw, single_call,
@@ -363,6 +363,47 @@ async fn embeddings_need_the_flag_and_are_normalised() {
     })
     .await;
     assert_eq!(prompt, cat, "Prompt is used when Embeddings is empty");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooling_none_gives_a_vector_per_token_and_pooling_picks_the_layout() {
+    let worker = start().await;
+    let mut client = worker.client(None).await.unwrap();
+    let with_pooling = |pooling: &str| ModelOptions {
+        embeddings: true,
+        options: vec![format!("pooling:{pooling}")],
+        ..load_options(SMOLLM2)
+    };
+    let text = PredictOptions {
+        embeddings: "The cat sat on the mat.".into(),
+        ..Default::default()
+    };
+    let rank = client.load_model(with_pooling("rank")).await.unwrap_err();
+    assert_eq!(rank.code(), Code::InvalidArgument);
+    assert!(rank.message().contains("pooling:rank"), "{rank}");
+
+    load(&mut client, with_pooling("none")).await;
+    let per_token = client.embedding(text.clone()).await.unwrap().into_inner();
+    assert_eq!(per_token.layout, EmbeddingLayout::PerToken as i32);
+    assert_eq!(per_token.dim, 576, "SmolLM2-135M's n_embd");
+    assert!(per_token.tokens > 1);
+    assert_eq!(per_token.tokens, per_token.prompt_tokens);
+    assert_eq!(
+        per_token.embeddings.len(),
+        (per_token.tokens * per_token.dim) as usize
+    );
+    let rows: Vec<&[f32]> = per_token.embeddings.chunks(576).collect();
+    for row in &rows {
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "each row normalised: {norm}");
+    }
+    assert_ne!(rows[0], rows[1], "each token has its own vector");
+
+    load(&mut client, with_pooling("mean")).await;
+    let pooled = client.embedding(text).await.unwrap().into_inner();
+    assert_eq!(pooled.layout, EmbeddingLayout::Final as i32);
+    assert_eq!((pooled.tokens, pooled.dim), (1, 576));
+    assert_eq!(pooled.prompt_tokens, per_token.prompt_tokens);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 
 use backend_common::engine::{
     Engine, EngineError, GenerationRequest, GenerationStats, LoadedModel, MemoryReport, ModelInfo,
-    TokenSink,
+    ScoredSequence, TokenSink,
 };
 use backend_common::load::{self, LoadRequest};
 use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
@@ -370,6 +370,10 @@ impl LoadedModel for CandleModel {
             None => None,
         };
         self.engine.generate(request, grammar, sink)
+    }
+
+    fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.engine.score(sequences)
     }
 
     fn memory(&self) -> MemoryReport {

@@ -7,6 +7,10 @@
 //! token to its request. A request whose client stopped listening is removed at the next
 //! step and its blocks go back to the pool.
 //!
+//! A Score request's sequences (prompt and candidate each) run as prefills among the
+//! others: every scored position is computed (not taken from the prefix cache), its row
+//! of logits is read, and the sequence ends when its prefill does, without sampling.
+//!
 //! A constrained sequence's allowed tokens are computed on a second thread while the
 //! forward pass runs (the mask depends only on the tokens already sampled), so other
 //! sequences do not wait for it; a step without a constrained sequence starts no thread.
@@ -19,9 +23,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backend_common::engine::{
-    EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats, TokenSink,
+    EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
+    ScoredSequence, TokenSink,
 };
-use engine_core::{AdmitError, KvStats, Scheduler, SchedulerConfig, SeqId, Step};
+use engine_core::{AdmitError, KvStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId, Step};
 use toktrie::SimpleVob;
 
 use crate::constrained::{GrammarStop, SequenceGrammar, apply_mask};
@@ -50,6 +55,44 @@ struct Job {
     events: Sender<Event>,
     cancelled: Arc<AtomicBool>,
     submitted: Instant,
+}
+
+/// A sequence of a Score request handed to the engine thread.
+struct ScoreJob {
+    id: SeqId,
+    tokens: Vec<u32>,
+    /// Index of the first scored token.
+    from: usize,
+    /// Where the log-probabilities of `tokens[from..]` go.
+    reply: Sender<Result<Vec<f32>, EngineError>>,
+}
+
+/// A scored sequence in progress: the log-probability of each scored token once the
+/// position before it was computed (a preempted sequence computes them again).
+struct Scoring {
+    job: ScoreJob,
+    logprobs: Vec<f32>,
+}
+
+impl Scoring {
+    /// Rows of a step's chunk `start..start + n` whose logits score a token: those at
+    /// positions `from - 1 ..= len - 2`.
+    fn rows(&self, start: usize, n: usize) -> std::ops::Range<usize> {
+        let first = (self.job.from - 1).max(start);
+        let end = (start + n).min(self.job.tokens.len() - 1);
+        if first >= end {
+            0..0
+        } else {
+            first - start..end - start
+        }
+    }
+}
+
+/// Work for the engine thread.
+enum Work {
+    /// A generation (boxed: a job is far larger than a scored sequence).
+    Generate(Box<Job>),
+    Score(ScoreJob),
 }
 
 /// Why a sequence ends after a sampled token.
@@ -84,7 +127,7 @@ impl Active {
 /// A handle to the thread that runs a model; dropping it stops the thread and frees the
 /// model and its KV cache.
 pub struct EngineThread {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Sender<Work>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<KvStats>>,
     next_id: AtomicU64,
@@ -110,6 +153,7 @@ impl EngineThread {
             scheduler,
             tokenizer: tokenizer.clone(),
             active: HashMap::new(),
+            scoring: HashMap::new(),
             incoming,
             stats: stats.clone(),
         };
@@ -152,12 +196,7 @@ impl EngineThread {
             cancelled: cancelled.clone(),
             submitted: Instant::now(),
         };
-        let stopped = || EngineError::Internal("the engine thread has stopped".into());
-        self.jobs
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
+        self.submit(Work::Generate(Box::new(job)))?;
         let mut listening = true;
         loop {
             let event = match received.recv_timeout(ABANDON_POLL) {
@@ -171,7 +210,7 @@ impl EngineThread {
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(stopped()),
+                Err(RecvTimeoutError::Disconnected) => return Err(engine_stopped()),
             };
             match event {
                 Event::Token(token) if listening => {
@@ -186,6 +225,40 @@ impl EngineThread {
             }
         }
     }
+}
+
+impl EngineThread {
+    /// The log-probabilities of each sequence's scored tokens; the sequences run as
+    /// prefills batched with whatever else is running.
+    pub fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut replies = Vec::with_capacity(sequences.len());
+        for sequence in sequences {
+            let (reply, answer) = mpsc::channel();
+            self.submit(Work::Score(ScoreJob {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                tokens: sequence.tokens.iter().map(|&id| id as u32).collect(),
+                from: sequence.from.max(1),
+                reply,
+            }))?;
+            replies.push(answer);
+        }
+        replies
+            .into_iter()
+            .map(|answer| answer.recv().map_err(|_| engine_stopped())?)
+            .collect()
+    }
+
+    fn submit(&self, work: Work) -> Result<(), EngineError> {
+        self.jobs
+            .as_ref()
+            .ok_or_else(engine_stopped)?
+            .send(work)
+            .map_err(|_| engine_stopped())
+    }
+}
+
+fn engine_stopped() -> EngineError {
+    EngineError::Internal("the engine thread has stopped".into())
 }
 
 impl Drop for EngineThread {
@@ -206,7 +279,8 @@ struct Worker {
     scheduler: Scheduler,
     tokenizer: Arc<ModelTokenizer>,
     active: HashMap<SeqId, Active>,
-    incoming: Receiver<Job>,
+    scoring: HashMap<SeqId, Scoring>,
+    incoming: Receiver<Work>,
     stats: Arc<Mutex<KvStats>>,
 }
 
@@ -219,15 +293,15 @@ const ABANDON_POLL: Duration = Duration::from_millis(50);
 impl Worker {
     fn run(&mut self) {
         loop {
-            if self.active.is_empty() {
+            if self.active.is_empty() && self.scoring.is_empty() {
                 // Idle: sleep until a request comes (or the handle is dropped).
                 match self.incoming.recv() {
-                    Ok(job) => self.accept(job),
+                    Ok(work) => self.take(work),
                     Err(_) => return,
                 }
             }
-            while let Ok(job) = self.incoming.try_recv() {
-                self.accept(job);
+            while let Ok(work) = self.incoming.try_recv() {
+                self.take(work);
             }
             self.drop_cancelled();
             let step = self.scheduler.schedule();
@@ -236,14 +310,34 @@ impl Worker {
             }
             if step.seqs.is_empty() {
                 // Nothing could be scheduled (every sequence just ended): wait for work.
-                if let Ok(job) = self.incoming.recv_timeout(IDLE_WAIT) {
-                    self.accept(job);
+                if let Ok(work) = self.incoming.recv_timeout(IDLE_WAIT) {
+                    self.take(work);
                 }
             } else {
                 self.run_step(&step);
             }
             self.publish();
         }
+    }
+
+    fn take(&mut self, work: Work) {
+        match work {
+            Work::Generate(job) => self.accept(*job),
+            Work::Score(job) => self.accept_scoring(job),
+        }
+    }
+
+    /// Queues a scored sequence, or answers it at once when it can never run.
+    fn accept_scoring(&mut self, job: ScoreJob) {
+        let added = self
+            .scheduler
+            .add_computing_from(job.id, job.tokens.clone(), job.from - 1);
+        if let Err(e) = added {
+            let _ = job.reply.send(Err(admit_error(e)));
+            return;
+        }
+        let logprobs = vec![0.0; job.tokens.len() - job.from];
+        self.scoring.insert(job.id, Scoring { job, logprobs });
     }
 
     /// Queues a new request, or answers it at once when it can never run.
@@ -259,14 +353,7 @@ impl Worker {
             return;
         }
         if let Err(e) = self.scheduler.add(job.id, job.prompt.clone()) {
-            let error = match e {
-                AdmitError::ExceedsKvCache { .. } => EngineError::ResourceExhausted(e.to_string()),
-                AdmitError::Duplicate(_) => EngineError::Internal(e.to_string()),
-                AdmitError::EmptyPrompt | AdmitError::PromptTooLong { .. } => {
-                    EngineError::InvalidArgument(e.to_string())
-                }
-            };
-            let _ = job.events.send(Event::Done(Err(error)));
+            let _ = job.events.send(Event::Done(Err(admit_error(e))));
             return;
         }
         self.active.insert(
@@ -292,9 +379,23 @@ impl Worker {
         }
     }
 
-    /// Ends `id`: its blocks are released and its request gets its statistics.
+    /// Ends `id`: its blocks are released and its request gets its statistics (a scored
+    /// sequence its log-probabilities, or RESOURCE_EXHAUSTED when it ran out of blocks).
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.remove(id);
+        if let Some(scoring) = self.scoring.remove(&id) {
+            self.publish();
+            let result = if reason == FinishReason::Length {
+                Err(EngineError::ResourceExhausted(format!(
+                    "a scored sequence of {} tokens does not fit in the KV cache; raise kv_cache_memory or shorten the prompt",
+                    scoring.job.tokens.len()
+                )))
+            } else {
+                Ok(scoring.logprobs)
+            };
+            let _ = scoring.job.reply.send(result);
+            return;
+        }
         // Published before the request hears it ended, so a Status it sends next sees the
         // blocks back.
         self.publish();
@@ -316,13 +417,13 @@ impl Worker {
                 tokens: &q.tokens,
                 start: q.start,
                 block_table: &q.block_table,
-                sample: q.sample,
+                logits: self.logit_rows(q),
             })
             .collect();
         let sampled: Vec<SeqId> = step
             .seqs
             .iter()
-            .filter(|q| q.sample)
+            .filter(|q| q.sample && !self.scoring.contains_key(&q.id))
             .map(|q| q.id)
             .collect();
         let (model, kv, active) = (&self.model, &self.kv, &mut self.active);
@@ -380,6 +481,23 @@ impl Worker {
                 .events
                 .send(Event::Done(Err(EngineError::Internal(error.clone()))));
         }
+        for (_, scoring) in self.scoring.drain() {
+            let _ = scoring
+                .job
+                .reply
+                .send(Err(EngineError::Internal(error.clone())));
+        }
+    }
+
+    /// Rows of `q`'s tokens whose logits this step needs: the last of a sequence that
+    /// samples, every scoring row of a scored one.
+    fn logit_rows(&self, q: &ScheduledSeq) -> std::ops::Range<usize> {
+        let n = q.tokens.len();
+        match self.scoring.get(&q.id) {
+            Some(scoring) => scoring.rows(q.start, n),
+            None if q.sample => n - 1..n,
+            None => 0..0,
+        }
     }
 
     /// Samples the next token of every sequence that asked for one and hands it on.
@@ -392,8 +510,28 @@ impl Worker {
         let Some(logits) = logits else {
             return Ok(());
         };
-        let sampling = step.seqs.iter().filter(|q| q.sample);
-        for (row, q) in sampling.enumerate() {
+        let mut next_row = 0;
+        for q in &step.seqs {
+            let rows = self.logit_rows(q);
+            let row = next_row;
+            next_row += rows.len();
+            if let Some(scoring) = self.scoring.get_mut(&q.id) {
+                for (k, r) in rows.enumerate() {
+                    let values: Vec<f32> = logits.get(row + k)?.to_vec1()?;
+                    // Row `r` is position `start + r`; it scores the token after it.
+                    let next = q.start + r + 1;
+                    let token = scoring.job.tokens[next] as usize;
+                    scoring.logprobs[next - scoring.job.from] =
+                        backend_common::logprobs::from_logits(&values, token, 0).0;
+                }
+                if q.sample {
+                    self.finish(q.id, FinishReason::Eos);
+                }
+                continue;
+            }
+            if rows.is_empty() {
+                continue;
+            }
             let mut values: Vec<f32> = logits.get(row)?.to_vec1()?;
             let mask = match masks.remove(&q.id) {
                 Some(Ok(mask)) => Some(mask),
@@ -502,5 +640,16 @@ impl Worker {
 
     fn publish(&self) {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
+    }
+}
+
+/// The status of a sequence the scheduler cannot take.
+fn admit_error(e: AdmitError) -> EngineError {
+    match e {
+        AdmitError::ExceedsKvCache { .. } => EngineError::ResourceExhausted(e.to_string()),
+        AdmitError::Duplicate(_) => EngineError::Internal(e.to_string()),
+        AdmitError::EmptyPrompt | AdmitError::PromptTooLong { .. } => {
+            EngineError::InvalidArgument(e.to_string())
+        }
     }
 }

@@ -16,6 +16,8 @@
 //! (f32 on the CPU, where candle computes in f32 whatever the storage); matmul weights keep
 //! their own form: GGUF quantized blocks, or dense f32, f16 or bf16 (the last through
 //! [`crate::bf16_matmul`]).
+use std::ops::Range;
+
 use candle_core::quantized::QMatMul;
 
 use crate::q8_matmul::Q8Weight;
@@ -322,7 +324,7 @@ impl SingleSequence {
             tokens,
             start: self.len,
             block_table: &self.table,
-            sample: true,
+            logits: tokens.len().saturating_sub(1)..tokens.len(),
         };
         let logits = model.forward(&self.kv, &[item])?;
         self.len += tokens.len();
@@ -338,8 +340,10 @@ pub struct BatchItem<'a> {
     pub start: usize,
     /// The sequence's blocks, covering every position up to the last new token.
     pub block_table: &'a [u32],
-    /// Whether the logits after the last token are wanted.
-    pub sample: bool,
+    /// Rows of `tokens` whose logits are wanted (row `r` gives the distribution of the
+    /// token after `tokens[r]`): the last one to sample, every scored one to score, none
+    /// for a prefill chunk.
+    pub logits: Range<usize>,
 }
 
 /// A loaded model ready to run.
@@ -434,8 +438,8 @@ impl Model {
     }
 
     /// Runs the new tokens of every item, writing their keys and values into `kv`, and
-    /// returns the logits after the last token of each item that samples, `(sampling items,
-    /// vocab)` in f32 (`None` when no item samples: the output layer is then skipped).
+    /// returns the logits of the rows each item asks for, in batch order, `(rows, vocab)` in
+    /// f32 (`None` when no item asks for any: the output layer is then skipped).
     pub fn forward(&self, kv: &KvCache, batch: &[BatchItem<'_>]) -> Result<Option<Tensor>> {
         let cfg = &self.config;
         let mut ids = Vec::new();
@@ -465,11 +469,16 @@ impl Model {
                     start + n
                 ));
             }
+            if item.logits.end > n {
+                return fail(format!(
+                    "logits of rows {:?} asked of a batch item with {n} tokens",
+                    item.logits
+                ));
+            }
+            let base = ids.len() as u32;
+            sample_rows.extend(item.logits.clone().map(|r| base + r as u32));
             ids.extend_from_slice(item.tokens);
             positions.extend((start..start + n).map(|p| p as u32));
-            if item.sample {
-                sample_rows.push((ids.len() - 1) as u32);
-            }
         }
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;

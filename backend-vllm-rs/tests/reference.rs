@@ -102,12 +102,15 @@ fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
     let kv = model.kv_cache(48, 4)?;
     let table = |first: u32| (0..16).map(|i| first + 3 * i).collect::<Vec<u32>>();
     let (a, b, c) = (table(0), table(1), table(2));
-    let item = |tokens, start, block_table, sample| BatchItem {
-        tokens,
-        start,
-        block_table,
-        sample,
-    };
+    fn item<'a>(tokens: &'a [u32], start: usize, table: &'a [u32], sample: bool) -> BatchItem<'a> {
+        let n = tokens.len();
+        BatchItem {
+            tokens,
+            start,
+            block_table: table,
+            logits: if sample { n - 1..n } else { 0..0 },
+        }
+    }
     let first = model.forward(&kv, &[item(&long, 0, &a, false), item(&short, 0, &b, true)])?;
     assert_eq!(
         first.map(|l| l.dims().to_vec()),

@@ -52,6 +52,15 @@ pub enum ModelSource {
     Name(String),
 }
 
+/// `BACKEND_TEST_EMBEDDING_LAYOUT`: the shape the `embeddings` check expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingLayout {
+    /// `final`: one pooled vector.
+    Final,
+    /// `per_token`: one vector per token (`pooling:none`).
+    PerToken,
+}
+
 /// Everything the trials need to know.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -69,6 +78,11 @@ pub struct Config {
     pub threads: i32,
     /// `BACKEND_TEST_OPTIONS`, split on commas, sent as `ModelOptions.Options`.
     pub options: Vec<String>,
+    /// `BACKEND_TEST_EXTRA_FILES`: `URL[#name]` entries (split on `|`) downloaded beside the
+    /// model file.
+    pub extra_files: Vec<String>,
+    /// `BACKEND_TEST_EMBEDDING_LAYOUT`: the layout `embeddings` requires, if any.
+    pub embedding_layout: Option<EmbeddingLayout>,
     /// `BACKEND_TEST_TOOL_PROMPT`.
     pub tool_prompt: String,
     /// `BACKEND_TEST_TOOL_NAME`.
@@ -104,6 +118,9 @@ pub enum ConfigError {
     /// More than one target or model variable is set.
     #[error("set only one of {0}")]
     Conflict(&'static str),
+    /// `BACKEND_TEST_EMBEDDING_LAYOUT` is neither `final` nor `per_token`.
+    #[error("BACKEND_TEST_EMBEDDING_LAYOUT: `{0}` is not `final` or `per_token`")]
+    EmbeddingLayout(String),
     /// `BACKEND_IMAGE_RUN` is neither `container` nor `host`.
     #[error("BACKEND_IMAGE_RUN: `{0}` is not `container` or `host`")]
     ImageRun(String),
@@ -141,6 +158,15 @@ impl Config {
             ],
             "BACKEND_TEST_MODEL_FILE, BACKEND_TEST_MODEL_URL and BACKEND_TEST_MODEL_NAME",
         )?;
+        let embedding_layout = match get("BACKEND_TEST_EMBEDDING_LAYOUT")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None => None,
+            Some("final") => Some(EmbeddingLayout::Final),
+            Some("per_token") => Some(EmbeddingLayout::PerToken),
+            Some(other) => return Err(ConfigError::EmbeddingLayout(other.to_string())),
+        };
         let caps = get("BACKEND_TEST_CAPS")
             .unwrap_or_else(|| DEFAULT_CAPS.to_string())
             .split(',')
@@ -185,6 +211,15 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            extra_files: get("BACKEND_TEST_EXTRA_FILES")
+                .map(|v| {
+                    v.split('|')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            embedding_layout,
             tool_prompt: get("BACKEND_TEST_TOOL_PROMPT")
                 .unwrap_or_else(|| DEFAULT_TOOL_PROMPT.into()),
             tool_name: get("BACKEND_TEST_TOOL_NAME").unwrap_or_else(|| DEFAULT_TOOL_NAME.into()),
@@ -258,6 +293,28 @@ mod tests {
         assert_eq!(c.model, Some(ModelSource::Name("qwen".into())));
         assert_eq!(c.caps, vec![Capability::Tools, Capability::StreamTools]);
         assert_eq!(c.options, vec!["tool_parser:hermes", "proxy:host:8080"]);
+    }
+
+    #[test]
+    fn extra_files_and_the_embedding_layout() {
+        let c = config(&[
+            (
+                "BACKEND_TEST_EXTRA_FILES",
+                "https://h/a.gguf#tok.gguf| https://h/b.txt |",
+            ),
+            ("BACKEND_TEST_EMBEDDING_LAYOUT", "Per_Token"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.extra_files,
+            vec!["https://h/a.gguf#tok.gguf", "https://h/b.txt"]
+        );
+        assert_eq!(c.embedding_layout, Some(EmbeddingLayout::PerToken));
+        assert_eq!(config(&[]).unwrap().embedding_layout, None);
+        assert!(matches!(
+            config(&[("BACKEND_TEST_EMBEDDING_LAYOUT", "pooled")]),
+            Err(ConfigError::EmbeddingLayout(l)) if l == "pooled"
+        ));
     }
 
     #[test]

@@ -430,8 +430,20 @@ impl Context {
                     CheckError::Setup(format!("BACKEND_TEST_MODEL_FILE {}: {e}", path.display()))
                 })?)
             }
-            Some(ModelSource::Url(url)) => HostModel::File(download(url).await?),
+            Some(ModelSource::Url(url)) => {
+                let dir = std::env::temp_dir().join("e2e-backends-models");
+                HostModel::File(download(url, &dir, "BACKEND_TEST_MODEL_URL").await?)
+            }
         };
+        if let HostModel::File(file) = &model
+            && !self.config.extra_files.is_empty()
+        {
+            // Beside the model, as LocalAI's harness puts them (a model's tokenizer, voices).
+            let dir = file.parent().unwrap_or(Path::new("."));
+            for entry in &self.config.extra_files {
+                download(entry, dir, "BACKEND_TEST_EXTRA_FILES").await?;
+            }
+        }
         *cached = Some(model.clone());
         Ok(model)
     }
@@ -469,19 +481,37 @@ fn worker_log() -> Result<std::fs::File, CheckError> {
         .map_err(|e| CheckError::Setup(format!("worker log {}: {e}", path.display())))
 }
 
-/// Downloads `url` (with `curl`) into the temp folder once, as LocalAI's harness does.
-async fn download(url: &str) -> Result<PathBuf, CheckError> {
+/// `URL#name` as LocalAI's harness reads it: the URL, and the file name to keep it under
+/// (after the first `#`; without one, the URL's last path segment, or `model.bin`).
+pub fn split_url_and_name(entry: &str) -> (&str, &str) {
+    if let Some((url, name)) = entry.split_once('#')
+        && !name.is_empty()
+    {
+        return (url, name);
+    }
+    let url = entry.split('#').next().unwrap_or(entry);
     let name = url
         .rsplit('/')
         .next()
         .filter(|n| !n.is_empty())
         .unwrap_or("model.bin");
-    let dir = std::env::temp_dir().join("e2e-backends-models");
+    (url, name)
+}
+
+/// Downloads `entry` (`URL[#name]`, with `curl`) into `dir` once, as LocalAI's harness does;
+/// `var` names the variable it came from, for messages.
+pub async fn download(entry: &str, dir: &Path, var: &str) -> Result<PathBuf, CheckError> {
+    let (url, name) = split_url_and_name(entry);
+    if name.contains('/') || name == ".." {
+        return Err(CheckError::Setup(format!(
+            "{var}: `#{name}` must be a plain file name"
+        )));
+    }
     let path = dir.join(name);
     if path.is_file() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| CheckError::Setup(format!("{}: {e}", dir.display())))?;
     let partial = dir.join(format!("{name}.part"));
     let output = tokio::process::Command::new("curl")
@@ -491,12 +521,12 @@ async fn download(url: &str) -> Result<PathBuf, CheckError> {
         .arg(url)
         .output()
         .await
-        .map_err(|e| CheckError::Setup(format!("BACKEND_TEST_MODEL_URL needs curl: {e}")))?;
+        .map_err(|e| CheckError::Setup(format!("{var} needs curl: {e}")))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
         return Err(CheckError::Setup(format!(
-            "BACKEND_TEST_MODEL_URL {url} cannot be downloaded from this machine ({}): {}; \
-             download it elsewhere and use BACKEND_TEST_MODEL_FILE",
+            "{var}: {url} cannot be downloaded from this machine ({}): {}; \
+             download it elsewhere and use a local file",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         )));
@@ -504,4 +534,57 @@ async fn download(url: &str) -> Result<PathBuf, CheckError> {
     std::fs::rename(&partial, &path)
         .map_err(|e| CheckError::Setup(format!("{}: {e}", path.display())))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_names_the_file_as_localai_reads_it() {
+        assert_eq!(
+            split_url_and_name("https://h/m/resolve/main/enc.onnx#encoder.onnx"),
+            ("https://h/m/resolve/main/enc.onnx", "encoder.onnx")
+        );
+        assert_eq!(
+            split_url_and_name("https://h/m/tokens.txt"),
+            ("https://h/m/tokens.txt", "tokens.txt")
+        );
+        assert_eq!(
+            split_url_and_name("https://h/"),
+            ("https://h/", "model.bin")
+        );
+        assert_eq!(
+            split_url_and_name("https://h/a.gguf#"),
+            ("https://h/a.gguf", "a.gguf")
+        );
+    }
+
+    #[tokio::test]
+    async fn downloads_land_under_their_names_beside_each_other() {
+        let source = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let file = source.path().join("weights.gguf");
+        std::fs::write(&file, b"weights").unwrap();
+        let url = format!("file://{}", file.display());
+        let kept = download(&format!("{url}#renamed.gguf"), target.path(), "TEST")
+            .await
+            .unwrap();
+        assert_eq!(kept, target.path().join("renamed.gguf"));
+        assert_eq!(std::fs::read(&kept).unwrap(), b"weights");
+        let plain = download(&url, target.path(), "TEST").await.unwrap();
+        assert_eq!(plain, target.path().join("weights.gguf"));
+        let escape = download(&format!("{url}#../x"), target.path(), "TEST").await;
+        assert!(
+            matches!(&escape, Err(CheckError::Setup(m)) if m.contains("plain file name")),
+            "{:?}",
+            escape.err()
+        );
+        let missing = download("file:///nonexistent/x.bin", target.path(), "TEST_VAR").await;
+        assert!(
+            matches!(&missing, Err(CheckError::Setup(m)) if m.starts_with("TEST_VAR:")),
+            "{:?}",
+            missing.err()
+        );
+    }
 }

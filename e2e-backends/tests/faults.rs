@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backend_common::engine::{
-    EmbedInput, Engine, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest,
-    GenerationStats, LoadedModel, MemoryReport, ModelInfo, TokenLogprob, TokenSink,
+    EmbedInput, Embedding, Engine, EngineError, FinishReason, Flow, GeneratedToken,
+    GenerationRequest, GenerationStats, LoadedModel, MemoryReport, ModelInfo, ScoredSequence,
+    TokenLogprob, TokenSink,
 };
 use backend_common::load::LoadRequest;
 use backend_common::pb::backend_server::{Backend, BackendServer};
@@ -53,10 +54,12 @@ enum Fault {
     DetokenizeDropsLastChar,
     IdentityIgnored,
     MetricsEmpty,
+    ScoreDropsFirstToken,
+    MetadataUnrendered,
 }
 
 /// Each fault, its `E2E_FAULT` name and the capability that must fail.
-const FAULTS: [(Fault, &str, &str); 22] = [
+const FAULTS: [(Fault, &str, &str); 24] = [
     (Fault::HealthNotOk, "health_not_ok", "health"),
     (Fault::CountsMissing, "counts_missing", "predict"),
     (
@@ -79,7 +82,7 @@ const FAULTS: [(Fault, &str, &str); 22] = [
     (
         Fault::TokenizeLengthZero,
         "tokenize_length_zero",
-        "tokenize",
+        "tokenize_length",
     ),
     (Fault::LogprobsMissing, "logprobs_missing", "logprobs"),
     (Fault::LogitBiasIgnored, "logit_bias_ignored", "logit_bias"),
@@ -111,11 +114,17 @@ const FAULTS: [(Fault, &str, &str); 22] = [
     ),
     (Fault::IdentityIgnored, "identity_ignored", "model_identity"),
     (Fault::MetricsEmpty, "metrics_empty", "metrics"),
+    (
+        Fault::ScoreDropsFirstToken,
+        "score_drops_first_token",
+        "score",
+    ),
+    (Fault::MetadataUnrendered, "metadata_unrendered", "metadata"),
 ];
 
 /// Every capability the double offers (all but `json_schema`, which needs a real grammar
 /// engine).
-const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,detokenize,model_identity,metrics,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
+const CAPS: &str = "health,load,predict,stream,embeddings,tools,stream_tools,tokenize,tokenize_length,detokenize,model_identity,metrics,score,metadata,logprobs,logit_bias,reasoning,grammar,concurrency,status,free,auth,bad_input,cancel";
 
 const TEMPLATE: &str = "{%- if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function.name }}{% if not loop.last %},{% endif %}{% endfor %}</tools><|im_end|>\n{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
@@ -344,9 +353,26 @@ impl LoadedModel for ScriptModel {
         })
     }
 
+    /// Each character of the scripted answer is likely (-0.5, what [`Self::generate`]
+    /// reports), any other unlikely (-5).
+    fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(sequences
+            .iter()
+            .map(|s| {
+                s.tokens[s.from..]
+                    .iter()
+                    .map(|&id| {
+                        let likely = char::from_u32(id as u32).is_some_and(|c| ANSWER.contains(c));
+                        if likely { -0.5 } else { -5.0 }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
     /// A bag of words: each word counts in one of 16 dimensions, so texts that share words
     /// are close. Token ids are characters, as [`LoadedModel::tokenize`] makes them.
-    fn embed(&self, input: &EmbedInput) -> Result<Vec<f32>, EngineError> {
+    fn embed(&self, input: &EmbedInput) -> Result<Embedding, EngineError> {
         let text: String = match input {
             EmbedInput::Text(text) => text.clone(),
             EmbedInput::Tokens(ids) => ids
@@ -372,7 +398,11 @@ impl LoadedModel for ScriptModel {
                 v[hash as usize % 16] += 1.0;
             }
         }
-        Ok(v)
+        Ok(Embedding {
+            values: v,
+            dim: 16,
+            per_token: false,
+        })
     }
 
     fn memory(&self) -> MemoryReport {
@@ -681,7 +711,20 @@ impl Backend for FaultService {
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         self.authorize(&request, false)?;
-        self.inner.score(request).await
+        let mut response = self.inner.score(request).await?;
+        if self.is(Fault::ScoreDropsFirstToken) {
+            // An off-by-one at the prompt's end: the first candidate token goes unscored.
+            for c in response.get_mut().candidates.iter_mut() {
+                if c.tokens.is_empty() {
+                    continue;
+                }
+                c.tokens.remove(0);
+                c.num_tokens -= 1;
+                c.log_prob = c.tokens.iter().map(|t| t.log_prob).sum();
+                c.length_normalized_log_prob = c.log_prob / f64::from(c.num_tokens.max(1));
+            }
+        }
+        Ok(response)
     }
 
     async fn rerank(
@@ -709,7 +752,11 @@ impl Backend for FaultService {
         request: Request<pb::ModelOptions>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         self.authorize(&request, false)?;
-        self.inner.model_metadata(request).await
+        let mut response = self.inner.model_metadata(request).await?;
+        if self.is(Fault::MetadataUnrendered) {
+            response.get_mut().rendered_template.clear();
+        }
+        Ok(response)
     }
 }
 
@@ -801,9 +848,11 @@ fn harness_outcomes(fault: Option<&str>) -> anyhow::Result<BTreeMap<String, Stri
             );
         }
     }
+    // A trial per capability; those not asked for are reported ignored.
+    let trials = e2e_backends::caps::Capability::ALL.len();
     anyhow::ensure!(
-        outcomes.len() == 22,
-        "expected 22 trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
+        outcomes.len() == trials,
+        "expected {trials} trial results, got {outcomes:?}; stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(outcomes)

@@ -143,6 +143,9 @@ struct Sequence {
     registered: usize,
     /// Hashes of the leading full blocks of `tokens` (content only: kept across preemption).
     hashes: Vec<BlockHash>,
+    /// For a scored sequence, the first position that must be computed even when the prefix
+    /// cache holds it (its logits are read); otherwise only the last token must be.
+    scored_from: Option<usize>,
 }
 
 /// The waiting and running sequences and the KV blocks they hold.
@@ -179,6 +182,26 @@ impl Scheduler {
 
     /// Queues a sequence with its prompt, or says why it can never run.
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) -> Result<(), AdmitError> {
+        self.insert(id, prompt, None)
+    }
+
+    /// Queues a sequence whose positions from `compute_from` on are all computed, none taken
+    /// from the prefix cache (scoring reads the logits of each of them).
+    pub fn add_computing_from(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        compute_from: usize,
+    ) -> Result<(), AdmitError> {
+        self.insert(id, prompt, Some(compute_from))
+    }
+
+    fn insert(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        scored_from: Option<usize>,
+    ) -> Result<(), AdmitError> {
         if prompt.is_empty() {
             return Err(AdmitError::EmptyPrompt);
         }
@@ -209,6 +232,7 @@ impl Scheduler {
                 blocks: Vec::new(),
                 registered: 0,
                 hashes: Vec::new(),
+                scored_from,
             },
         );
         self.waiting.push_back(id);
@@ -353,8 +377,10 @@ impl Scheduler {
     fn admit(&mut self, id: SeqId, budget: usize) -> Option<usize> {
         let bs = self.config.block_size;
         let seq = &self.seqs[&id];
-        // At least the last token is computed, for the logits it gives.
-        let lookable = (seq.tokens.len() - 1) / bs;
+        // At least the last token is computed, for the logits it gives (a scored sequence:
+        // every position from its first scored one).
+        let must_compute = seq.scored_from.unwrap_or(usize::MAX);
+        let lookable = must_compute.min(seq.tokens.len() - 1) / bs;
         let mut hits = Vec::new();
         let mut hashes = Vec::new();
         let mut parent = None;
@@ -641,6 +667,24 @@ mod tests {
         // 8 tokens are two full blocks, but only the first can be reused.
         assert_eq!((step.seqs[0].start, step.seqs[0].tokens.len()), (4, 4));
         assert!(step.seqs[0].sample);
+    }
+
+    #[test]
+    fn a_scored_sequence_computes_every_scored_position_despite_the_cache() {
+        let mut s = Scheduler::new(config(100));
+        s.add(1, prompt(1, 16)).unwrap();
+        let step = s.schedule();
+        s.remove(step.seqs[0].id);
+        // Positions 0..=15 are cached in four blocks; scoring from position 9 must compute
+        // 9 on, so only the two blocks before it (positions 0..8) are reused.
+        s.add_computing_from(2, prompt(1, 16), 9).unwrap();
+        let step = s.schedule();
+        assert_eq!((step.seqs[0].start, step.seqs[0].tokens.len()), (8, 8));
+        s.remove(2);
+        // Scoring from the start reuses nothing.
+        s.add_computing_from(3, prompt(1, 16), 0).unwrap();
+        let step = s.schedule();
+        assert_eq!((step.seqs[0].start, step.seqs[0].tokens.len()), (0, 16));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod qwen_xml;
 mod reasoning;
 mod registry;
 mod stream;
+mod tool_format;
 mod types;
 
 pub use chat::ChatParser;
@@ -34,4 +35,5 @@ pub use registry::{
     MODEL_FAMILIES, ModelFamily, ParserChoice, ParserSelection, ParserSource, ReasoningParserKind,
     ToolParserKind, model_family, normalize_model_name, select_parsers,
 };
+pub use tool_format::{reasoning_markers, tool_format};
 pub use types::{ChatDelta, ParseOptions, ParsedMessage, ToolCall, ToolCallDelta, ToolSpec};

@@ -463,7 +463,7 @@ impl ReasoningParserKind {
             .is_some_and(|format| format.start.iter().any(|tag| prompt.ends_with(tag)))
     }
 
-    fn think_format(self) -> Option<ThinkFormat> {
+    pub(crate) fn think_format(self) -> Option<ThinkFormat> {
         use ReasoningParserKind::*;
         Some(match self {
             DeepSeekR1 | Glm45 | DeepSeekV3 => ThinkFormat::opened_by_template(THINK, END_THINK),

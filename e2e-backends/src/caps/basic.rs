@@ -297,9 +297,26 @@ fn repeated_tail(replies: &[Reply]) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// TokenizeString fills `tokens` and a matching `length`, at least a token a word, the same
-/// each time.
+/// LocalAI's `tokenize`: TokenizeString of the test prompt gives tokens.
 pub async fn tokenize(ctx: &Context) -> Result<Verdict, CheckError> {
+    let mut client = ctx.loaded_client().await?;
+    let reply = client
+        .tokenize_string(PredictOptions {
+            prompt: ctx.config.prompt.clone(),
+            ..Default::default()
+        })
+        .await
+        .rpc("TokenizeString")?;
+    ensure!(
+        !reply.tokens.is_empty(),
+        "TokenizeString returned no tokens for a non-empty prompt"
+    );
+    Ok(Verdict::Passed)
+}
+
+/// Our `tokenize_length`: TokenizeString fills `tokens` and a matching `length`, at least a
+/// token a word, the same each time.
+pub async fn tokenize_length(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let request = PredictOptions {
         prompt: ctx.config.prompt.clone(),

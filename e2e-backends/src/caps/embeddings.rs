@@ -2,11 +2,12 @@
 //! one for the same text, another one for another text, closer for a text that means the
 //! same; token ids (LocalAI forwards an integer `input` as EmbeddingTokens) embed like their
 //! text.
-use backend_common::pb::{EmbeddingLayout, PredictOptions};
+use backend_common::pb::{self, PredictOptions};
 use tonic::Code;
 
 use super::{CheckError, Rpc, Verdict, ensure};
 use crate::client::Client;
+use crate::config::EmbeddingLayout;
 use crate::context::Context;
 use crate::testing::raw;
 
@@ -67,8 +68,25 @@ pub async fn embeddings(ctx: &Context) -> Result<Verdict, CheckError> {
         reply.prompt_tokens
     ));
     ensure!(!a.is_empty(), "Embedding returned an empty vector");
+    if let Some(expected) = ctx.config.embedding_layout {
+        let (layout, rows_fit) = match expected {
+            EmbeddingLayout::Final => (pb::EmbeddingLayout::Final, reply.tokens == 1),
+            EmbeddingLayout::PerToken => (pb::EmbeddingLayout::PerToken, reply.tokens > 1),
+        };
+        ensure!(
+            reply.layout == layout as i32 && rows_fit,
+            "BACKEND_TEST_EMBEDDING_LAYOUT={expected:?} wants layout {layout:?} with {} rows; got layout {} with tokens={}",
+            if expected == EmbeddingLayout::Final {
+                "one"
+            } else {
+                "several"
+            },
+            reply.layout,
+            reply.tokens
+        );
+    }
     // Current LocalAI describes the vector (a worker of the April 2026 proto leaves it out).
-    if reply.layout != EmbeddingLayout::Unspecified as i32 {
+    if reply.layout != pb::EmbeddingLayout::Unspecified as i32 {
         ensure!(
             reply.dim > 0 && a.len() == (reply.tokens.max(0) * reply.dim) as usize,
             "Embedding says tokens={} dim={} but holds {} floats",
@@ -77,7 +95,7 @@ pub async fn embeddings(ctx: &Context) -> Result<Verdict, CheckError> {
             a.len()
         );
         ensure!(
-            reply.layout != EmbeddingLayout::Final as i32 || reply.tokens == 1,
+            reply.layout != pb::EmbeddingLayout::Final as i32 || reply.tokens == 1,
             "a pooled (FINAL) embedding is one vector; tokens={}",
             reply.tokens
         );
@@ -85,6 +103,16 @@ pub async fn embeddings(ctx: &Context) -> Result<Verdict, CheckError> {
             reply.prompt_tokens > 0,
             "Embedding must count the prompt's tokens"
         );
+    }
+    if reply.layout == pb::EmbeddingLayout::PerToken as i32 {
+        // One vector per token: the comparisons below are of pooled vectors.
+        ensure!(
+            reply.tokens == reply.prompt_tokens,
+            "a PER_TOKEN embedding has one vector per prompt token; tokens={} for {} prompt tokens",
+            reply.tokens,
+            reply.prompt_tokens
+        );
+        return Ok(Verdict::Passed);
     }
     ensure!(
         a.iter().all(|x| x.is_finite()) && a.iter().any(|x| *x != 0.0),

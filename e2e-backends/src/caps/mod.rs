@@ -15,8 +15,10 @@ mod embeddings;
 mod grammar;
 mod identity;
 mod lifecycle;
+mod metadata;
 mod metrics;
 mod sampling;
+mod score;
 mod streams;
 mod tools;
 
@@ -37,8 +39,10 @@ pub enum Capability {
     Tools,
     /// The same call streamed as LocalAI merges it.
     StreamTools,
-    /// TokenizeString fills `tokens` and `length`.
+    /// TokenizeString gives tokens (LocalAI's check).
     Tokenize,
+    /// TokenizeString fills a matching `length`, a token a word at least, deterministically.
+    TokenizeLength,
     /// Logprobs JSON in LocalAI's shape.
     Logprobs,
     /// LogitBias steers sampling.
@@ -67,12 +71,16 @@ pub enum Capability {
     ModelIdentity,
     /// GetMetrics reports the busiest running generation.
     Metrics,
+    /// Score gives each continuation the log-probability Predict would.
+    Score,
+    /// ModelMetadata describes the loaded model's template and tool markup.
+    Metadata,
 }
 
 impl Capability {
     /// Every capability, in the order the trials run: `cancel` last, since a worker that
     /// fails it may stay busy for a while.
-    pub const ALL: [Capability; 22] = [
+    pub const ALL: [Capability; 25] = [
         Capability::Health,
         Capability::Load,
         Capability::Predict,
@@ -81,9 +89,12 @@ impl Capability {
         Capability::Tools,
         Capability::StreamTools,
         Capability::Tokenize,
+        Capability::TokenizeLength,
         Capability::Detokenize,
         Capability::ModelIdentity,
         Capability::Metrics,
+        Capability::Score,
+        Capability::Metadata,
         Capability::Logprobs,
         Capability::LogitBias,
         Capability::Reasoning,
@@ -108,6 +119,7 @@ impl Capability {
             Capability::Tools => "tools",
             Capability::StreamTools => "stream_tools",
             Capability::Tokenize => "tokenize",
+            Capability::TokenizeLength => "tokenize_length",
             Capability::Logprobs => "logprobs",
             Capability::LogitBias => "logit_bias",
             Capability::Reasoning => "reasoning",
@@ -122,6 +134,8 @@ impl Capability {
             Capability::Detokenize => "detokenize",
             Capability::ModelIdentity => "model_identity",
             Capability::Metrics => "metrics",
+            Capability::Score => "score",
+            Capability::Metadata => "metadata",
         }
     }
 
@@ -206,9 +220,12 @@ pub async fn check(cap: Capability, ctx: &Context) -> Result<Verdict, CheckError
         Capability::Tools => tools::tools(ctx).await,
         Capability::StreamTools => tools::stream_tools(ctx).await,
         Capability::Tokenize => basic::tokenize(ctx).await,
+        Capability::TokenizeLength => basic::tokenize_length(ctx).await,
         Capability::Detokenize => identity::detokenize(ctx).await,
         Capability::ModelIdentity => identity::model_identity(ctx).await,
         Capability::Metrics => metrics::metrics(ctx).await,
+        Capability::Score => score::score(ctx).await,
+        Capability::Metadata => metadata::metadata(ctx).await,
         Capability::Logprobs => sampling::logprobs(ctx).await,
         Capability::LogitBias => sampling::logit_bias(ctx).await,
         Capability::Reasoning => tools::reasoning(ctx).await,

@@ -92,7 +92,7 @@ pub async fn logprobs(ctx: &Context) -> Result<Verdict, CheckError> {
 }
 
 /// The `content` entries of a reply's logprobs JSON.
-fn entries(reply: &Reply) -> Result<Vec<Value>, CheckError> {
+pub(crate) fn entries(reply: &Reply) -> Result<Vec<Value>, CheckError> {
     let json: Value = serde_json::from_slice(&reply.logprobs).map_err(|e| {
         CheckError::Failed(format!(
             "Reply.logprobs is not JSON ({e}): {}",
