@@ -128,6 +128,9 @@ pub struct ScoredSequence {
     pub from: usize,
 }
 
+/// Why an Embedding call is refused on a model loaded without `Embeddings`.
+pub const EMBEDDINGS_OFF: &str = "the model was loaded without Embeddings; load it with `Embeddings: true` (`embeddings: true` in the LocalAI model config) to use the Embedding call";
+
 /// An embedding as an engine computes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embedding {
@@ -137,6 +140,16 @@ pub struct Embedding {
     pub dim: usize,
     /// One vector per input token (`pooling:none`) rather than one pooled vector.
     pub per_token: bool,
+}
+
+impl Embedding {
+    /// `v` scaled to unit length (a zero vector stays zero), as llama.cpp's server
+    /// normalises embeddings (LocalAI's `embd_normalize` default).
+    pub fn unit(v: &[f32]) -> Vec<f32> {
+        let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+        v.iter().map(|&x| x * scale).collect()
+    }
 }
 
 /// One generation request, validated.

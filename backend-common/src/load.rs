@@ -22,6 +22,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "enforce_eager",
     "use_jinja",
     "jinja",
+    "pooling",
 ];
 
 /// `ModelOptions.EngineArgs` (a JSON object of engine arguments, vLLM's `AsyncEngineArgs`
@@ -193,6 +194,37 @@ impl DType {
     }
 }
 
+/// How Embedding pools the token vectors (`pooling:` option, llama.cpp's names, which LocalAI
+/// passes through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// `none`: one vector per token (LocalAI's PER_TOKEN layout).
+    None,
+    /// `mean`: the average of the token vectors.
+    Mean,
+    /// `cls`: the first token's vector.
+    Cls,
+    /// `last`: the last token's vector.
+    Last,
+}
+
+impl Pooling {
+    fn parse(value: &str) -> Result<Self, EngineError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Pooling::None),
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "last" => Ok(Pooling::Last),
+            "rank" => Err(EngineError::InvalidArgument(
+                "option `pooling:rank` is for reranking models, which these workers do not serve; use none, mean, cls or last".into(),
+            )),
+            other => Err(EngineError::InvalidArgument(format!(
+                "option `pooling:{other}`: use none, mean, cls or last"
+            ))),
+        }
+    }
+}
+
 /// A LoRA adapter to apply on top of the weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraAdapter {
@@ -233,6 +265,8 @@ pub struct LoadRequest {
     pub n_batch: Option<u32>,
     /// The model serves Embedding (`Embeddings`).
     pub embeddings: bool,
+    /// `pooling:` for Embedding; `None` leaves it to the model.
+    pub pooling: Option<Pooling>,
     /// Layers offloaded to a GPU (`NGPULayers`).
     pub gpu_layers: u32,
     /// Memory-map the weights (`MMap`).
@@ -405,6 +439,10 @@ impl LoadRequest {
             context_size: nonzero(non_negative("ContextSize", o.context_size)?),
             n_batch: nonzero(non_negative("NBatch", o.n_batch)?),
             embeddings: o.embeddings,
+            pooling: options
+                .get_str(&["pooling"])
+                .map(|(_, v)| Pooling::parse(v))
+                .transpose()?,
             gpu_layers: non_negative("NGPULayers", o.ngpu_layers)?,
             mmap: o.m_map,
             mlock: o.m_lock,

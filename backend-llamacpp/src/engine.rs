@@ -12,15 +12,16 @@ use llama_cpp_2::model::{LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
-    EmbedInput, Embedding, Engine, EngineError, FinishReason, Flow, GenerationRequest,
-    GenerationStats, LoadedModel, MemoryReport, ModelInfo, ScoredSequence, TokenSink,
+    EMBEDDINGS_OFF, EmbedInput, Embedding, Engine, EngineError, FinishReason, Flow,
+    GenerationRequest, GenerationStats, LoadedModel, MemoryReport, ModelInfo, ScoredSequence,
+    TokenSink,
 };
-use backend_common::load::{CacheType, FlashAttention, LoadRequest};
+use backend_common::load::{CacheType, FlashAttention, LoadRequest, Pooling};
 use backend_common::template::{SpecialTokens, TemplateSource};
 
 use crate::sampler;
-use crate::scheduler::{EMBEDDINGS_OFF, EmbedJob, Event, Job, LoopConfig, Scheduler, Task};
-use crate::settings::{self, LoadSettings, Pooling};
+use crate::scheduler::{EmbedJob, Event, Job, LoopConfig, Scheduler, Task};
+use crate::settings::{self, LoadSettings};
 
 /// How often a request waiting for its next token checks that its client still listens.
 const ABANDON_POLL: Duration = Duration::from_millis(50);
@@ -93,10 +94,9 @@ fn context_params(r: &LoadRequest, s: &LoadSettings, context_per_slot: u32) -> L
 fn embedding_params(
     model: &LlamaModel,
     r: &LoadRequest,
-    settings: &LoadSettings,
     context_per_slot: u32,
 ) -> LlamaContextParams {
-    let pooling = match settings.pooling {
+    let pooling = match r.pooling {
         Some(Pooling::None) => LlamaPoolingType::None,
         Some(Pooling::Mean) => LlamaPoolingType::Mean,
         Some(Pooling::Cls) => LlamaPoolingType::Cls,
@@ -249,7 +249,7 @@ impl Engine for LlamaEngine {
             context_params(&request, &settings, context_per_slot),
             request
                 .embeddings
-                .then(|| embedding_params(&model, &request, &settings, context_per_slot)),
+                .then(|| embedding_params(&model, &request, context_per_slot)),
             config,
             lora,
         )?;
@@ -275,7 +275,7 @@ impl Engine for LlamaEngine {
             scheduler,
             model,
             embeddings: request.embeddings,
-            per_token: settings.pooling == Some(Pooling::None),
+            per_token: request.pooling == Some(Pooling::None),
             context_per_slot,
             eog,
             memory,
@@ -442,7 +442,13 @@ impl LoadedModel for LlamaLoaded {
     }
 
     fn memory(&self) -> MemoryReport {
-        self.memory.clone()
+        let mut report = self.memory.clone();
+        // Named as the candle worker names its prefix cache's hits.
+        report.parts.push((
+            "prefix_cache_hit_tokens".to_string(),
+            self.scheduler.reused_tokens(),
+        ));
+        report
     }
 }
 

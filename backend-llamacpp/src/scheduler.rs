@@ -16,7 +16,7 @@
 //! own (pooled embeddings need a context created for them), so they never wait for a slot.
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -30,8 +30,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use backend_common::engine::{
-    Embedding, EngineError, FinishReason, GeneratedToken, GenerationRequest, GenerationStats,
-    TokenLogprob,
+    EMBEDDINGS_OFF, Embedding, EngineError, FinishReason, GeneratedToken, GenerationRequest,
+    GenerationStats, TokenLogprob,
 };
 
 /// What a running request hears from the decode loop.
@@ -90,9 +90,6 @@ enum Work {
     Embed(EmbedJob),
 }
 
-/// Why an Embedding call is refused on a model loaded without `Embeddings`.
-pub const EMBEDDINGS_OFF: &str = "the model was loaded without Embeddings; load it with `Embeddings: true` (`embeddings: true` in the LocalAI model config) to use the Embedding call";
-
 /// Shape of the decode loop.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopConfig {
@@ -115,6 +112,8 @@ pub struct LoopConfig {
 pub struct Scheduler {
     jobs: Option<Sender<Work>>,
     stop: Arc<AtomicBool>,
+    /// Prompt tokens taken from a slot's cache instead of evaluated, since the start.
+    reused: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -133,6 +132,8 @@ impl Scheduler {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), EngineError>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
+        let reused = Arc::new(AtomicU64::new(0));
+        let reused_count = Arc::clone(&reused);
         let thread = std::thread::Builder::new()
             .name("llama-decode".to_string())
             .spawn(move || {
@@ -166,7 +167,7 @@ impl Scheduler {
                         return;
                     }
                 };
-                let mut decode_loop = DecodeLoop::new(&model, ctx, embedder, config);
+                let mut decode_loop = DecodeLoop::new(&model, ctx, embedder, config, reused_count);
                 if config.warmup {
                     decode_loop.warmup();
                 }
@@ -178,6 +179,7 @@ impl Scheduler {
             Ok(Ok(())) => Ok(Scheduler {
                 jobs: Some(jobs_tx),
                 stop,
+                reused,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -196,6 +198,11 @@ impl Scheduler {
     /// Queues a job; it starts at the next step with a free slot.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
         self.send(Work::Generate(Box::new(job)))
+    }
+
+    /// Prompt tokens taken from a slot's cache instead of evaluated, since the start.
+    pub fn reused_tokens(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
     }
 
     /// Queues an embedding; it runs before the next step.
@@ -254,6 +261,8 @@ struct DecodeLoop<'m> {
     /// What each free slot's KV sequence holds, position by position (`cache_reuse`).
     cached: Vec<Vec<LlamaToken>>,
     config: LoopConfig,
+    /// Prompt tokens reused from the cache, for Status.
+    reused: Arc<AtomicU64>,
 }
 
 impl<'m> DecodeLoop<'m> {
@@ -262,6 +271,7 @@ impl<'m> DecodeLoop<'m> {
         ctx: LlamaContext<'m>,
         embedder: Option<LlamaContext<'m>>,
         config: LoopConfig,
+        reused: Arc<AtomicU64>,
     ) -> Self {
         let capacity = config.n_batch.max(config.parallel) as usize;
         DecodeLoop {
@@ -272,6 +282,7 @@ impl<'m> DecodeLoop<'m> {
             slots: (0..config.parallel).map(|_| None).collect(),
             cached: vec![Vec::new(); config.parallel as usize],
             config,
+            reused,
         }
     }
 
@@ -392,6 +403,7 @@ impl<'m> DecodeLoop<'m> {
             let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
         }
         if reuse > 0 {
+            self.reused.fetch_add(reuse as u64, Ordering::Relaxed);
             tracing::debug!(
                 slot = index,
                 reuse,
@@ -674,7 +686,7 @@ fn embed(
             EngineError::Internal(format!("llama.cpp returned no pooled embedding ({e})"))
         })?;
         return Ok(Embedding {
-            values: normalized(pooled),
+            values: Embedding::unit(pooled),
             dim: pooled.len(),
             per_token: false,
         });
@@ -688,20 +700,13 @@ fn embed(
             ))
         })?;
         dim = row.len();
-        values.extend(normalized(row));
+        values.extend(Embedding::unit(row));
     }
     Ok(Embedding {
         values,
         dim,
         per_token: true,
     })
-}
-
-/// `v` scaled to unit length (a zero vector stays zero).
-fn normalized(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
-    v.iter().map(|&x| x * scale).collect()
 }
 
 /// Log-probability of `token` and the `top` most likely tokens, from raw logits.

@@ -13,7 +13,6 @@ pub const OPTIONS: &[&str] = &[
     "cache_reuse",
     "context_shift",
     "warmup",
-    "pooling",
 ];
 
 /// Context length used when the request leaves `ContextSize` at 0 and the model was trained
@@ -22,6 +21,12 @@ pub const DEFAULT_CONTEXT: u32 = 8192;
 
 /// Sequences decoded together when `parallel` is not given (llama-server's default).
 pub const DEFAULT_PARALLEL: u32 = 4;
+
+/// Shortest shared prefix a new request reuses from a free slot's cache when `cache_reuse`
+/// is not given: the prompt cache is on by default, as in LocalAI's llama.cpp backend; a
+/// system prompt or an earlier turn is longer than this, while a shared BOS or role header
+/// alone is not worth giving up a fresh evaluation for.
+pub const DEFAULT_CACHE_REUSE: u32 = 32;
 
 /// Logical batch size when `NBatch` is 0 (llama.cpp's default).
 pub const DEFAULT_BATCH: u32 = 512;
@@ -37,43 +42,11 @@ pub struct LoadSettings {
     pub warmup: bool,
     /// `cache_reuse:N`: a request whose prompt starts with at least N tokens a free slot
     /// still holds from its last request reuses them instead of evaluating them again
-    /// (llama-server's prompt cache; 0 = off).
+    /// (llama-server's prompt cache; 0 = off, [`DEFAULT_CACHE_REUSE`] when not given).
     pub cache_reuse: u32,
     /// `context_shift`: a generation that fills its context drops the older half of what
     /// follows its first token and goes on, as llama-server does, instead of stopping.
     pub context_shift: bool,
-    /// `pooling`: how Embedding pools the token vectors; `None` leaves it to the model.
-    pub pooling: Option<Pooling>,
-}
-
-/// `pooling:` values (LocalAI's, as llama.cpp names them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// `none`: one vector per token (LocalAI's PER_TOKEN layout).
-    None,
-    /// `mean`: the average of the token vectors.
-    Mean,
-    /// `cls`: the first token's vector.
-    Cls,
-    /// `last`: the last token's vector.
-    Last,
-}
-
-impl Pooling {
-    fn parse(value: &str) -> Result<Self, EngineError> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(Pooling::None),
-            "mean" => Ok(Pooling::Mean),
-            "cls" => Ok(Pooling::Cls),
-            "last" => Ok(Pooling::Last),
-            "rank" => Err(EngineError::InvalidArgument(
-                "option `pooling:rank` is for reranking models, which this worker does not serve; use none, mean, cls or last".into(),
-            )),
-            other => Err(EngineError::InvalidArgument(format!(
-                "option `pooling:{other}`: use none, mean, cls or last"
-            ))),
-        }
-    }
 }
 
 impl LoadSettings {
@@ -93,11 +66,9 @@ impl LoadSettings {
             n_batch: req.n_batch.unwrap_or(DEFAULT_BATCH),
             warmup: options.get_bool(&["warmup"])?.unwrap_or(true),
             context_shift: options.get_bool(&["context_shift"])?.unwrap_or(false),
-            cache_reuse: options.get_int::<u32>(&["cache_reuse"])?.unwrap_or(0),
-            pooling: options
-                .get_str(&["pooling"])
-                .map(|(_, v)| Pooling::parse(v))
-                .transpose()?,
+            cache_reuse: options
+                .get_int::<u32>(&["cache_reuse"])?
+                .unwrap_or(DEFAULT_CACHE_REUSE),
         })
     }
 }
@@ -217,7 +188,7 @@ mod tests {
         let s = LoadSettings::from_request(&r).unwrap();
         assert_eq!((s.n_batch, s.parallel), (DEFAULT_BATCH, DEFAULT_PARALLEL));
         assert!(s.warmup && !s.context_shift);
-        assert_eq!(s.cache_reuse, 0);
+        assert_eq!(s.cache_reuse, DEFAULT_CACHE_REUSE);
         assert_eq!(effective_context(&r, 32768), DEFAULT_CONTEXT);
         assert_eq!(effective_context(&r, 2048), 2048);
     }
@@ -236,6 +207,11 @@ mod tests {
         let s = with(&["cache_reuse:256", "context_shift"]).unwrap();
         assert!(s.context_shift);
         assert_eq!(s.cache_reuse, 256);
+        assert_eq!(
+            with(&["cache_reuse:0"]).unwrap().cache_reuse,
+            0,
+            "turned off"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! in `contract.rs`.
 use std::time::Duration;
 
-use backend_common::pb::{EmbeddingLayout, ModelOptions, PredictOptions, Reply};
+use backend_common::pb::{self, EmbeddingLayout, ModelOptions, PredictOptions, Reply};
 use e2e_backends::client::Client;
 use e2e_backends::testing::{
     self, QWEN, SMOLLM2, TWO_TOOLS, collect, load, load_options, model, raw, single_call,
@@ -228,6 +228,45 @@ async fn cache_reuse_evaluates_only_the_new_part_of_a_prompt() {
         shared.len() >= 4 && shared.iter().all(|d| *d < 0.1),
         "warm {warm_top:?} vs fresh {fresh_top:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prompt_cache_is_on_unless_turned_off() {
+    let worker = start().await;
+    let mut client = worker.client(None).await.unwrap();
+    let system = "You are a careful assistant who answers questions about the history of printing, in short sentences. ".repeat(4);
+    let mut reused = async |options: &[&str]| -> u64 {
+        load(
+            &mut client,
+            ModelOptions {
+                options: options.iter().map(|o| o.to_string()).collect(),
+                ..load_options(SMOLLM2)
+            },
+        )
+        .await;
+        // A conversation's second turn repeats its first: the same long start.
+        for turn in [
+            "When was movable type invented?",
+            "Who printed the first Bible?",
+        ] {
+            client
+                .predict(raw(&format!("{system}{turn}"), 2))
+                .await
+                .unwrap();
+        }
+        let status = client
+            .status(pb::HealthMessage {})
+            .await
+            .unwrap()
+            .into_inner();
+        status.memory.unwrap().breakdown["prefix_cache_hit_tokens"]
+    };
+    let by_default = reused(&["parallel:1"]).await;
+    assert!(
+        by_default >= 64,
+        "the second turn reused {by_default} tokens"
+    );
+    assert_eq!(reused(&["parallel:1", "cache_reuse:0"]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

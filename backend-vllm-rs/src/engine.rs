@@ -9,10 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 
 use backend_common::engine::{
-    Engine, EngineError, GenerationRequest, GenerationStats, LoadedModel, MemoryReport, ModelInfo,
-    ScoredSequence, TokenSink,
+    EMBEDDINGS_OFF, EmbedInput, Embedding, Engine, EngineError, GenerationRequest, GenerationStats,
+    LoadedModel, MemoryReport, ModelInfo, ScoredSequence, TokenSink,
 };
-use backend_common::load::{self, LoadRequest};
+use backend_common::load::{self, LoadRequest, Pooling};
 use backend_common::template::{HfTemplateConfig, SpecialTokens, TemplateSource};
 
 use engine_core::SchedulerConfig;
@@ -34,6 +34,10 @@ pub struct CandleModel {
     grammars: OnceLock<Result<GrammarCompiler, String>>,
     /// Width of the model's logits.
     vocab: usize,
+    /// Positions a sequence may hold.
+    max_len: usize,
+    /// How Embedding pools, `None` when the model was loaded without `Embeddings`.
+    embeddings: Option<Pooling>,
     weight_bytes: u64,
     kv_bytes: u64,
 }
@@ -85,6 +89,8 @@ pub struct CandlePlan {
     max_len: usize,
     core: CoreSettings,
     kv_blocks: usize,
+    /// How Embedding pools, `None` when the model was loaded without `Embeddings`.
+    embeddings: Option<Pooling>,
 }
 
 fn internal(e: ModelError) -> EngineError {
@@ -130,6 +136,8 @@ struct Prepared {
     weight_bytes: u64,
     /// The dtype matmul weights are held in.
     weight_dtype: DType,
+    /// The pooling an embedding model declares.
+    pooling: Option<Pooling>,
 }
 
 /// A model's reader, open and checked, its weights not read yet.
@@ -172,6 +180,7 @@ fn prepare(source: &Source, dtype: load::DType) -> Result<(Reader, Prepared), En
                 special_tokens,
                 weight_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
                 weight_dtype: DType::F32,
+                pooling: header.pooling,
             };
             Ok((Reader::Gguf(file), prepared))
         }
@@ -187,6 +196,7 @@ fn prepare(source: &Source, dtype: load::DType) -> Result<(Reader, Prepared), En
             let weight_bytes =
                 saved_bytes / saved.size_in_bytes() as u64 * weight_dtype.size_in_bytes() as u64;
             let name = folder.name();
+            let pooling = folder.declared_pooling();
             let prepared = Prepared {
                 config: folder.model_config.clone(),
                 tokenizer,
@@ -195,6 +205,7 @@ fn prepare(source: &Source, dtype: load::DType) -> Result<(Reader, Prepared), En
                 special_tokens: template.tokens,
                 weight_bytes,
                 weight_dtype,
+                pooling,
             };
             Ok((Reader::Folder(Box::new(folder)), prepared))
         }
@@ -259,6 +270,14 @@ impl Engine for CandleEngine {
                 core.block_size
             )));
         }
+        // The option, else what an embedding model declares, else the mean of a chat
+        // model's hidden states (as llama.cpp pools one).
+        let embeddings = request.embeddings.then(|| {
+            request
+                .pooling
+                .or(prepared.pooling)
+                .unwrap_or(Pooling::Mean)
+        });
         Ok(CandlePlan {
             path,
             reader,
@@ -266,6 +285,7 @@ impl Engine for CandleEngine {
             max_len,
             core,
             kv_blocks,
+            embeddings,
         })
     }
 
@@ -278,6 +298,7 @@ impl Engine for CandleEngine {
             max_len,
             core,
             kv_blocks,
+            embeddings,
         } = plan;
         let config = prepared.config.clone();
         let weights = match reader {
@@ -327,6 +348,8 @@ impl Engine for CandleEngine {
             tokenizer,
             grammars: OnceLock::new(),
             vocab,
+            max_len,
+            embeddings,
             weight_bytes,
             kv_bytes,
         };
@@ -374,6 +397,52 @@ impl LoadedModel for CandleModel {
 
     fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
         self.engine.score(sequences)
+    }
+
+    fn embed(&self, input: &EmbedInput) -> Result<Embedding, EngineError> {
+        let pooling = self
+            .embeddings
+            .ok_or_else(|| EngineError::FailedPrecondition(EMBEDDINGS_OFF.into()))?;
+        let tokens = match input {
+            EmbedInput::Text(text) if text.is_empty() => {
+                return Err(EngineError::InvalidArgument(
+                    "Embeddings, EmbeddingTokens and Prompt are all empty; send the text to embed"
+                        .into(),
+                ));
+            }
+            EmbedInput::Text(text) => self
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?,
+            EmbedInput::Tokens(ids) => {
+                let vocab = self.vocab;
+                ids.iter()
+                    .map(|&id| {
+                        u32::try_from(id)
+                            .ok()
+                            .filter(|&id| (id as usize) < vocab)
+                            .ok_or_else(|| {
+                                EngineError::InvalidArgument(format!(
+                                    "EmbeddingTokens: token id {id} is outside the vocabulary (0..{vocab})"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "the input has no tokens; send the text to embed".into(),
+            ));
+        }
+        if tokens.len() > self.max_len {
+            return Err(EngineError::InvalidArgument(format!(
+                "the input has {} tokens but an embedding takes at most {}; shorten it or load with a larger max_model_len",
+                tokens.len(),
+                self.max_len
+            )));
+        }
+        self.engine.embed(&tokens, pooling)
     }
 
     fn memory(&self) -> MemoryReport {

@@ -11,6 +11,9 @@
 //! others: every scored position is computed (not taken from the prefix cache), its row
 //! of logits is read, and the sequence ends when its prefill does, without sampling.
 //!
+//! An Embedding request is a prefill too: every position computed, its final hidden state
+//! kept, and the vectors pooled (or each returned, `pooling:none`) when the prefill ends.
+//!
 //! A constrained sequence's allowed tokens are computed on a second thread while the
 //! forward pass runs (the mask depends only on the tokens already sampled), so other
 //! sequences do not wait for it; a step without a constrained sequence starts no thread.
@@ -23,9 +26,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backend_common::engine::{
-    EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
+    Embedding, EngineError, FinishReason, Flow, GeneratedToken, GenerationRequest, GenerationStats,
     ScoredSequence, TokenSink,
 };
+use backend_common::load::Pooling;
 use engine_core::{AdmitError, KvStats, ScheduledSeq, Scheduler, SchedulerConfig, SeqId, Step};
 use toktrie::SimpleVob;
 
@@ -88,11 +92,67 @@ impl Scoring {
     }
 }
 
+/// An Embedding request handed to the engine thread.
+struct EmbedJob {
+    id: SeqId,
+    tokens: Vec<u32>,
+    pooling: Pooling,
+    reply: Sender<Result<Embedding, EngineError>>,
+}
+
+/// An embedding in progress: each position's final hidden state once computed (a
+/// preempted sequence computes them again).
+struct EmbeddingRows {
+    job: EmbedJob,
+    rows: Vec<Option<Vec<f32>>>,
+}
+
+impl EmbeddingRows {
+    /// The pooled (or per-token) vectors, each normalised to unit length.
+    fn pooled(&self) -> Result<Embedding, EngineError> {
+        let rows: Vec<&[f32]> = self.rows.iter().flatten().map(Vec::as_slice).collect();
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Err(EngineError::Internal(
+                "the embedding computed no row".into(),
+            ));
+        };
+        if rows.len() != self.rows.len() {
+            return Err(EngineError::Internal(format!(
+                "the embedding computed {} of its {} rows",
+                rows.len(),
+                self.rows.len()
+            )));
+        }
+        let dim = first.len();
+        let values = match self.job.pooling {
+            Pooling::None => rows.iter().flat_map(|r| Embedding::unit(r)).collect(),
+            Pooling::Cls => Embedding::unit(first),
+            Pooling::Last => Embedding::unit(last),
+            Pooling::Mean => {
+                let mut sum = vec![0.0f64; dim];
+                for row in &rows {
+                    for (s, &x) in sum.iter_mut().zip(*row) {
+                        *s += f64::from(x);
+                    }
+                }
+                let mean: Vec<f32> = sum.iter().map(|s| (s / rows.len() as f64) as f32).collect();
+                Embedding::unit(&mean)
+            }
+        };
+        Ok(Embedding {
+            values,
+            dim,
+            per_token: self.job.pooling == Pooling::None,
+        })
+    }
+}
+
 /// Work for the engine thread.
 enum Work {
     /// A generation (boxed: a job is far larger than a scored sequence).
     Generate(Box<Job>),
     Score(ScoreJob),
+    Embed(EmbedJob),
 }
 
 /// Why a sequence ends after a sampled token.
@@ -154,6 +214,7 @@ impl EngineThread {
             tokenizer: tokenizer.clone(),
             active: HashMap::new(),
             scoring: HashMap::new(),
+            embedding: HashMap::new(),
             incoming,
             stats: stats.clone(),
         };
@@ -228,6 +289,20 @@ impl EngineThread {
 }
 
 impl EngineThread {
+    /// The embedding of `tokens`: their final hidden states pooled as `pooling` says (or
+    /// each one, [`Pooling::None`]), every vector L2-normalised; the tokens run as a prefill
+    /// batched with whatever else is running.
+    pub fn embed(&self, tokens: &[u32], pooling: Pooling) -> Result<Embedding, EngineError> {
+        let (reply, answer) = mpsc::channel();
+        self.submit(Work::Embed(EmbedJob {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tokens: tokens.to_vec(),
+            pooling,
+            reply,
+        }))?;
+        answer.recv().map_err(|_| engine_stopped())?
+    }
+
     /// The log-probabilities of each sequence's scored tokens; the sequences run as
     /// prefills batched with whatever else is running.
     pub fn score(&self, sequences: &[ScoredSequence]) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -280,6 +355,7 @@ struct Worker {
     tokenizer: Arc<ModelTokenizer>,
     active: HashMap<SeqId, Active>,
     scoring: HashMap<SeqId, Scoring>,
+    embedding: HashMap<SeqId, EmbeddingRows>,
     incoming: Receiver<Work>,
     stats: Arc<Mutex<KvStats>>,
 }
@@ -293,7 +369,7 @@ const ABANDON_POLL: Duration = Duration::from_millis(50);
 impl Worker {
     fn run(&mut self) {
         loop {
-            if self.active.is_empty() && self.scoring.is_empty() {
+            if self.active.is_empty() && self.scoring.is_empty() && self.embedding.is_empty() {
                 // Idle: sleep until a request comes (or the handle is dropped).
                 match self.incoming.recv() {
                     Ok(work) => self.take(work),
@@ -324,7 +400,22 @@ impl Worker {
         match work {
             Work::Generate(job) => self.accept(*job),
             Work::Score(job) => self.accept_scoring(job),
+            Work::Embed(job) => self.accept_embedding(job),
         }
+    }
+
+    /// Queues an embedding, or answers it at once when it can never run.
+    fn accept_embedding(&mut self, job: EmbedJob) {
+        // Every position's hidden state is read: none may come from the prefix cache.
+        let added = self
+            .scheduler
+            .add_computing_from(job.id, job.tokens.clone(), 0);
+        if let Err(e) = added {
+            let _ = job.reply.send(Err(admit_error(e)));
+            return;
+        }
+        let rows = vec![None; job.tokens.len()];
+        self.embedding.insert(job.id, EmbeddingRows { job, rows });
     }
 
     /// Queues a scored sequence, or answers it at once when it can never run.
@@ -383,6 +474,19 @@ impl Worker {
     /// sequence its log-probabilities, or RESOURCE_EXHAUSTED when it ran out of blocks).
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.remove(id);
+        if let Some(embedding) = self.embedding.remove(&id) {
+            self.publish();
+            let result = if reason == FinishReason::Length {
+                Err(EngineError::ResourceExhausted(format!(
+                    "an input of {} tokens does not fit in the KV cache; raise kv_cache_memory or shorten it",
+                    embedding.job.tokens.len()
+                )))
+            } else {
+                embedding.pooled()
+            };
+            let _ = embedding.job.reply.send(result);
+            return;
+        }
         if let Some(scoring) = self.scoring.remove(&id) {
             self.publish();
             let result = if reason == FinishReason::Length {
@@ -418,12 +522,15 @@ impl Worker {
                 start: q.start,
                 block_table: &q.block_table,
                 logits: self.logit_rows(q),
+                hidden: self.embedding.contains_key(&q.id),
             })
             .collect();
         let sampled: Vec<SeqId> = step
             .seqs
             .iter()
-            .filter(|q| q.sample && !self.scoring.contains_key(&q.id))
+            .filter(|q| {
+                q.sample && !self.scoring.contains_key(&q.id) && !self.embedding.contains_key(&q.id)
+            })
             .map(|q| q.id)
             .collect();
         let (model, kv, active) = (&self.model, &self.kv, &mut self.active);
@@ -439,7 +546,7 @@ impl Worker {
             })
             .collect();
         let (outcome, masks) = if constrained.is_empty() {
-            let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| model.forward_all(kv, &items)));
             (outcome, HashMap::new())
         } else {
             std::thread::scope(|scope| {
@@ -449,7 +556,7 @@ impl Worker {
                         .filter_map(|(id, g)| Some((*id, g.mask()?)))
                         .collect::<HashMap<_, _>>()
                 });
-                let outcome = catch_unwind(AssertUnwindSafe(|| model.forward(kv, &items)));
+                let outcome = catch_unwind(AssertUnwindSafe(|| model.forward_all(kv, &items)));
                 let masks = masks.join().unwrap_or_else(|_| {
                     // llguidance panicked: every constrained sequence of this step fails.
                     HashMap::new()
@@ -458,7 +565,10 @@ impl Worker {
             })
         };
         let error = match outcome {
-            Ok(Ok(logits)) => match self.sample(step, logits, masks) {
+            Ok(Ok(output)) => match self
+                .sample(step, output.logits, masks)
+                .and_then(|()| self.take_hidden(step, output.hidden))
+            {
                 Ok(()) => return,
                 Err(e) => e.to_string(),
             },
@@ -487,14 +597,47 @@ impl Worker {
                 .reply
                 .send(Err(EngineError::Internal(error.clone())));
         }
+        for (_, embedding) in self.embedding.drain() {
+            let _ = embedding
+                .job
+                .reply
+                .send(Err(EngineError::Internal(error.clone())));
+        }
+    }
+
+    /// Keeps the hidden states of this step's embedding rows by position, and answers each
+    /// embedding whose prefill this step finished.
+    fn take_hidden(
+        &mut self,
+        step: &Step,
+        hidden: Option<candle_core::Tensor>,
+    ) -> candle_core::Result<()> {
+        let Some(hidden) = hidden else {
+            return Ok(());
+        };
+        let mut next_row = 0;
+        for q in &step.seqs {
+            let Some(embedding) = self.embedding.get_mut(&q.id) else {
+                continue;
+            };
+            for (k, row) in (next_row..next_row + q.tokens.len()).enumerate() {
+                embedding.rows[q.start + k] = Some(hidden.get(row)?.to_vec1()?);
+            }
+            next_row += q.tokens.len();
+            if q.sample {
+                self.finish(q.id, FinishReason::Eos);
+            }
+        }
+        Ok(())
     }
 
     /// Rows of `q`'s tokens whose logits this step needs: the last of a sequence that
-    /// samples, every scoring row of a scored one.
+    /// samples, every scoring row of a scored one, none of an embedding.
     fn logit_rows(&self, q: &ScheduledSeq) -> std::ops::Range<usize> {
         let n = q.tokens.len();
         match self.scoring.get(&q.id) {
             Some(scoring) => scoring.rows(q.start, n),
+            None if self.embedding.contains_key(&q.id) => 0..0,
             None if q.sample => n - 1..n,
             None => 0..0,
         }

@@ -11,6 +11,7 @@ use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
+use backend_common::load::Pooling;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Tensor};
@@ -59,6 +60,8 @@ pub struct GgufHeader {
     pub name: Option<String>,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// `<arch>.pooling_type` of an embedding model (llama.cpp's 1 mean, 2 CLS, 3 last).
+    pub pooling: Option<Pooling>,
 }
 
 /// An open GGUF file.
@@ -233,6 +236,12 @@ impl GgufFile {
             vocab,
             name: self.string_of("general.name"),
             chat_template: self.string_of("tokenizer.chat_template"),
+            pooling: match self.u32_of(&key("pooling_type"))? {
+                Some(1) => Some(Pooling::Mean),
+                Some(2) => Some(Pooling::Cls),
+                Some(3) => Some(Pooling::Last),
+                _ => None,
+            },
         })
     }
 

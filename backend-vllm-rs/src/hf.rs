@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
+use backend_common::load::Pooling;
 use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -212,6 +213,22 @@ impl HfFolder {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
             })
+    }
+
+    /// The pooling a sentence-transformers folder declares (`1_Pooling/config.json`), if any.
+    pub fn declared_pooling(&self) -> Option<Pooling> {
+        let text = std::fs::read_to_string(self.dir.join("1_Pooling").join("config.json")).ok()?;
+        let config: Value = serde_json::from_str(&text).ok()?;
+        let on = |key: &str| config.get(key).and_then(Value::as_bool) == Some(true);
+        if on("pooling_mode_lasttoken") {
+            Some(Pooling::Last)
+        } else if on("pooling_mode_cls_token") {
+            Some(Pooling::Cls)
+        } else if on("pooling_mode_mean_tokens") {
+            Some(Pooling::Mean)
+        } else {
+            None
+        }
     }
 
     /// Bytes of the weight files.

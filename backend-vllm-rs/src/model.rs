@@ -325,6 +325,7 @@ impl SingleSequence {
             start: self.len,
             block_table: &self.table,
             logits: tokens.len().saturating_sub(1)..tokens.len(),
+            hidden: false,
         };
         let logits = model.forward(&self.kv, &[item])?;
         self.len += tokens.len();
@@ -344,6 +345,18 @@ pub struct BatchItem<'a> {
     /// token after `tokens[r]`): the last one to sample, every scored one to score, none
     /// for a prefill chunk.
     pub logits: Range<usize>,
+    /// Whether the final hidden state (after the last norm) of every token is wanted: an
+    /// embedding reads them.
+    pub hidden: bool,
+}
+
+/// What one forward pass gives back.
+pub struct ForwardOutput {
+    /// The logits of the rows the items asked for, in batch order, `(rows, vocab)` in f32.
+    pub logits: Option<Tensor>,
+    /// The final hidden states of every token of the items that asked, in batch order,
+    /// `(tokens, hidden)` in f32.
+    pub hidden: Option<Tensor>,
 }
 
 /// A loaded model ready to run.
@@ -441,10 +454,16 @@ impl Model {
     /// returns the logits of the rows each item asks for, in batch order, `(rows, vocab)` in
     /// f32 (`None` when no item asks for any: the output layer is then skipped).
     pub fn forward(&self, kv: &KvCache, batch: &[BatchItem<'_>]) -> Result<Option<Tensor>> {
+        Ok(self.forward_all(kv, batch)?.logits)
+    }
+
+    /// [`Model::forward`], with the final hidden states of the items that ask for them.
+    pub fn forward_all(&self, kv: &KvCache, batch: &[BatchItem<'_>]) -> Result<ForwardOutput> {
         let cfg = &self.config;
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut sample_rows = Vec::new();
+        let mut hidden_rows = Vec::new();
         for item in batch {
             let (start, n) = (item.start, item.tokens.len());
             let fail = |msg: String| Err(ModelError(candle_core::Error::Msg(msg)));
@@ -477,6 +496,9 @@ impl Model {
             }
             let base = ids.len() as u32;
             sample_rows.extend(item.logits.clone().map(|r| base + r as u32));
+            if item.hidden {
+                hidden_rows.extend((0..n as u32).map(|r| base + r));
+            }
             ids.extend_from_slice(item.tokens);
             positions.extend((start..start + n).map(|p| p as u32));
         }
@@ -499,16 +521,27 @@ impl Model {
             let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
-        if sample_rows.is_empty() {
-            return Ok(None);
-        }
-        let rows = sample_rows.len();
-        let sample_rows = Tensor::from_vec(sample_rows, rows, &self.device)?;
-        let last = x.index_select(&sample_rows, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.weights.norm, cfg.rms_eps as f32)?;
-        Ok(Some(
-            self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)?,
-        ))
+        let normed_rows = |rows: Vec<u32>| -> Result<Option<Tensor>> {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let n = rows.len();
+            let rows = Tensor::from_vec(rows, n, &self.device)?;
+            let picked = x.index_select(&rows, 0)?;
+            Ok(Some(candle_nn::ops::rms_norm(
+                &picked,
+                &self.weights.norm,
+                cfg.rms_eps as f32,
+            )?))
+        };
+        let hidden = normed_rows(hidden_rows)?
+            .map(|h| h.to_dtype(DType::F32))
+            .transpose()?;
+        let logits = match normed_rows(sample_rows)? {
+            Some(last) => Some(self.weights.lm_head.forward(&last)?.to_dtype(DType::F32)?),
+            None => None,
+        };
+        Ok(ForwardOutput { logits, hidden })
     }
 
     /// Attention of layer `index` for the packed rows `h`. Every item's new keys and values

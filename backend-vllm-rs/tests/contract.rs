@@ -8,8 +8,6 @@ use e2e_backends::caps::Capability;
 
 fn main() -> ExitCode {
     let left_out = [
-        // Embedding answers UNIMPLEMENTED: the worker does not compute embeddings yet.
-        Capability::Embeddings,
         // Needs a model that reasons, or a load option that makes the worker replay a text
         // with think tags (BACKEND_TEST_REPLAY_OPTION): the test models do not reason and
         // this worker has no such option.

@@ -381,3 +381,71 @@ fn a_worker_whose_parent_dies_shuts_down_within_two_intervals() {
     );
     assert!(lived >= 4 * interval, "{lived:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_pool_as_asked_and_agree_with_llamacpp() {
+    let text = |t: &str| backend_common::pb::PredictOptions {
+        embeddings: t.into(),
+        ..Default::default()
+    };
+    let sentence = "The cat sat on the mat.";
+    let (_worker, mut client) = started_with(load_options(QWEN)).await;
+    let off = client.embedding(text(sentence)).await.unwrap_err();
+    assert_eq!(off.code(), Code::FailedPrecondition, "{off}");
+    assert!(off.message().contains("Embeddings"), "{off}");
+
+    let with = |pooling: Option<&str>| ModelOptions {
+        embeddings: true,
+        options: pooling
+            .map(|p| format!("pooling:{p}"))
+            .into_iter()
+            .collect(),
+        ..load_options(QWEN)
+    };
+    let mut embed = async |options: ModelOptions| {
+        load(&mut client, options).await;
+        client.embedding(text(sentence)).await.unwrap().into_inner()
+    };
+    let per_token = embed(with(Some("none"))).await;
+    assert_eq!(
+        per_token.layout,
+        backend_common::pb::EmbeddingLayout::PerToken as i32
+    );
+    assert_eq!(per_token.dim, 896, "Qwen2.5-0.5B's hidden size");
+    assert!(per_token.tokens > 1 && per_token.tokens == per_token.prompt_tokens);
+    let rows: Vec<&[f32]> = per_token.embeddings.chunks(896).collect();
+    assert_eq!(rows.len(), per_token.tokens as usize);
+    let cls = embed(with(Some("cls"))).await;
+    let last = embed(with(Some("last"))).await;
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+    assert!(
+        close(&cls.embeddings, rows[0]),
+        "cls is the first token's vector"
+    );
+    assert!(
+        close(&last.embeddings, rows[rows.len() - 1]),
+        "last is the last token's"
+    );
+    let mean = embed(with(None)).await;
+    assert_eq!(
+        (mean.tokens, mean.dim, mean.layout),
+        (1, 896, backend_common::pb::EmbeddingLayout::Final as i32)
+    );
+
+    // llama.cpp pools the same model's hidden states the same way (mean, normalised).
+    let llama = testing::sibling_binary(BINARY.as_ref(), "backend-llamacpp").unwrap();
+    let (_other, mut reference) = testing::started_with(&llama, with(None)).await;
+    let theirs = reference
+        .embedding(text(sentence))
+        .await
+        .unwrap()
+        .into_inner();
+    let cosine: f32 = mean
+        .embeddings
+        .iter()
+        .zip(&theirs.embeddings)
+        .map(|(a, b)| a * b)
+        .sum();
+    eprintln!("cosine with llama.cpp's embedding: {cosine}");
+    assert!(cosine > 0.99, "cosine with llama.cpp's embedding {cosine}");
+}

@@ -109,6 +109,7 @@ fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
             start,
             block_table: table,
             logits: if sample { n - 1..n } else { 0..0 },
+            hidden: false,
         }
     }
     let first = model.forward(&kv, &[item(&long, 0, &a, false), item(&short, 0, &b, true)])?;
