@@ -86,7 +86,9 @@ async fn start_loaded(binary: &Path, model: &Path, threads: i32) -> Result<Worke
         context_size: CONTEXT as i32,
         n_batch: BATCH as i32,
         threads,
-        options: vec!["parallel:8".into()],
+        // Every round sends the same prompt, as the in-process loop it is compared with
+        // evaluates it afresh each time: the prompt cache would skip it.
+        options: vec!["parallel:8".into(), "cache_reuse:0".into()],
         ..Default::default()
     };
     Ok(bench_worker(binary, options).await?.0)

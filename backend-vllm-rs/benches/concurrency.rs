@@ -7,7 +7,8 @@
 //!    token; short distinct prompts), the llama worker with `parallel:16`;
 //! 2. time to first token (p50, p95) of short requests arriving while 8 streams decode;
 //! 3. the prefix cache: time to first token of a request repeating a ~1,000-token prefix
-//!    against the same request cold (candle worker; target <= 20%);
+//!    against the same request cold (candle worker; target <= 20%), and the llama.cpp
+//!    worker's prompt cache by default and with `cache_reuse:0`;
 //! 4. memory: peak resident set of the candle worker serving 16 streams of 512 positions
 //!    (256 prompt, 256 new) with a KV budget of exactly that, against weights + KV budget +
 //!    100 MB.
@@ -230,6 +231,18 @@ async fn main() -> Result<()> {
         warm / cold * 100.0
     );
     worker.stop(Duration::from_secs(5)).await?;
+    // The llama.cpp worker's prompt cache, on by default, against itself turned off.
+    for (label, extra) in [
+        ("default", &[][..]),
+        ("cache_reuse:0", &["cache_reuse:0"][..]),
+    ] {
+        let (cold, warm, worker) = prefix_cache(&llama, options(extra)).await?;
+        println!(
+            "llama {label}: time to first token cold {cold:.2} s, repeated {warm:.2} s: {:.0}%",
+            warm / cold * 100.0
+        );
+        worker.stop(Duration::from_secs(5)).await?;
+    }
     let (peak, weights, kv) = memory_at_16(&ours, options(&[])).await?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(

@@ -50,9 +50,11 @@ async fn measure_worker(
     let (worker, load_s) = bench_worker(binary, options).await?;
     let mut client = worker.client(None).await?;
     let mut runs = Vec::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        // Each round's prompt starts differently, so neither worker's prefix cache (both on
+        // by default) spares a round its prefill.
         let request = PredictOptions {
-            prompt: bench_prompt(8),
+            prompt: format!("Round {round}. {}", bench_prompt(8)),
             tokens: NEW_TOKENS,
             temperature: 0.0,
             ignore_eos: true,

@@ -474,29 +474,24 @@ impl Worker {
     /// sequence its log-probabilities, or RESOURCE_EXHAUSTED when it ran out of blocks).
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.remove(id);
+        // A prefill-only sequence ends with its result, or without one when it ran out of
+        // blocks (Length).
+        let fits = |tokens: usize| {
+            (reason != FinishReason::Length).then_some(()).ok_or_else(|| {
+                EngineError::ResourceExhausted(format!(
+                    "an input of {tokens} tokens does not fit in the KV cache; raise kv_cache_memory or shorten it"
+                ))
+            })
+        };
         if let Some(embedding) = self.embedding.remove(&id) {
             self.publish();
-            let result = if reason == FinishReason::Length {
-                Err(EngineError::ResourceExhausted(format!(
-                    "an input of {} tokens does not fit in the KV cache; raise kv_cache_memory or shorten it",
-                    embedding.job.tokens.len()
-                )))
-            } else {
-                embedding.pooled()
-            };
+            let result = fits(embedding.job.tokens.len()).and_then(|()| embedding.pooled());
             let _ = embedding.job.reply.send(result);
             return;
         }
         if let Some(scoring) = self.scoring.remove(&id) {
             self.publish();
-            let result = if reason == FinishReason::Length {
-                Err(EngineError::ResourceExhausted(format!(
-                    "a scored sequence of {} tokens does not fit in the KV cache; raise kv_cache_memory or shorten the prompt",
-                    scoring.job.tokens.len()
-                )))
-            } else {
-                Ok(scoring.logprobs)
-            };
+            let result = fits(scoring.job.tokens.len()).map(|()| scoring.logprobs);
             let _ = scoring.job.reply.send(result);
             return;
         }

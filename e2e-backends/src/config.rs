@@ -189,6 +189,17 @@ impl Config {
                 }
             }
         };
+        // A list variable's non-empty entries, trimmed.
+        let list = |name: &str, separator: char| -> Vec<String> {
+            get(name)
+                .map(|v| {
+                    v.split(separator)
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let small = |name: &'static str, default: u64| -> Result<i32, ConfigError> {
             let n = number(name, default)?;
             i32::try_from(n).map_err(|_| ConfigError::Number {
@@ -203,22 +214,8 @@ impl Config {
             prompt: get("BACKEND_TEST_PROMPT").unwrap_or_else(|| DEFAULT_PROMPT.into()),
             ctx_size: small("BACKEND_TEST_CTX_SIZE", 512)?,
             threads: small("BACKEND_TEST_THREADS", 4)?,
-            options: get("BACKEND_TEST_OPTIONS")
-                .map(|o| {
-                    o.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            extra_files: get("BACKEND_TEST_EXTRA_FILES")
-                .map(|v| {
-                    v.split('|')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            options: list("BACKEND_TEST_OPTIONS", ','),
+            extra_files: list("BACKEND_TEST_EXTRA_FILES", '|'),
             embedding_layout,
             tool_prompt: get("BACKEND_TEST_TOOL_PROMPT")
                 .unwrap_or_else(|| DEFAULT_TOOL_PROMPT.into()),
