@@ -7,7 +7,7 @@ MODELS_DIR ?= $(CURDIR)/models
 export MODELS_DIR
 PROMPT ?= What is the capital of France? Answer in one sentence.
 
-.PHONY: run test deps models models-all build fmt-check lint unit-test tools apt-venv image-tools image-tool cpu-only \
+.PHONY: run test deps models models-all build fmt-check lint unit-test tools apt-venv image-tools image-tool cpu-only build-llama-cuda \
   docker-build-llama-cpp docker-build-vllm docker-build-backends \
   test-extra-backend test-extra-backend-llama-cpp test-extra-backend-llama-cpp-embeddings test-extra-backend-vllm test-images
 
@@ -146,6 +146,22 @@ docker-build-vllm: deps cpu-only image-tools image-tool
 	  --binary $(TARGET_DIR)/$(PROFILE_DIR)/backend-vllm-rs
 
 docker-build-backends: docker-build-llama-cpp docker-build-vllm
+
+## The llama.cpp worker with llama.cpp's CUDA backend (sm_90 cubins + compute_90 PTX for newer
+## cards), built on this CPU machine with a CUDA 13.0 toolkit assembled from PyPI wheels and
+## kept in $(CUDA_ROOT). llama.cpp is built as shared libraries (libllama, libggml*) linked to
+## the toolkit's shared cudart and cuBLAS: the wheels ship no static cuBLAS. About 30 minutes
+## on 2 cores, in a target folder of its own.
+CUDA_ROOT ?= $(CURDIR)/.cuda
+CUDA_ARCHITECTURES ?= 90-real;90-virtual
+CUDA_TARGET_DIR ?= $(TARGET_DIR)/cuda
+build-llama-cuda: deps
+	scripts/make-cuda-root.sh $(CUDA_ROOT)
+	env CUDA_PATH=$(CUDA_ROOT) CUDA_HOME=$(CUDA_ROOT) CUDAToolkit_ROOT=$(CUDA_ROOT) \
+	  PATH=$(CUDA_ROOT)/bin:$(CUDA_ROOT)/nvvm/bin:$$PATH LIBRARY_PATH=$(CUDA_ROOT)/lib \
+	  CMAKE_CUDA_COMPILER=$(CUDA_ROOT)/bin/nvcc CMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHITECTURES)" \
+	  LLAMA_BUILD_SHARED_LIBS=1 CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
+	  $(CARGO) build --profile $(PROFILE) -p backend-llamacpp --features cuda
 
 ## The conformance harness against an image: make test-extra-backend BACKEND_IMAGE=...
 ## (BACKEND_TEST_* variables as in LocalAI; JUnit XML in $(JUNIT_DIR)).

@@ -269,6 +269,11 @@ pub struct LoadRequest {
     pub pooling: Option<Pooling>,
     /// Layers offloaded to a GPU (`NGPULayers`).
     pub gpu_layers: u32,
+    /// The GPU that holds what is not split (`MainGPU`, a device index).
+    pub main_gpu: Option<u32>,
+    /// Each GPU's share of the layers (`TensorSplit`, `"3,1"` or `"3/1"`); empty when not
+    /// given.
+    pub tensor_split: Vec<f32>,
     /// Memory-map the weights (`MMap`).
     pub mmap: bool,
     /// Lock the weights in RAM (`MLock`).
@@ -312,6 +317,32 @@ fn non_negative(field: &str, v: i32) -> Result<u32, EngineError> {
 
 fn positive_or_none(v: f32) -> Option<f32> {
     (v.is_finite() && v > 0.0).then_some(v)
+}
+
+/// `TensorSplit`: shares separated by `,` or `/`, each a number >= 0, not all zero.
+fn tensor_split(raw: &str) -> Result<Vec<f32>, EngineError> {
+    if raw.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let invalid = |why: &str| {
+        EngineError::InvalidArgument(format!(
+            "TensorSplit `{raw}`: {why}; write each GPU's share, e.g. `3,1`"
+        ))
+    };
+    let shares = raw
+        .split([',', '/'])
+        .map(|s| {
+            s.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| invalid("a share is not a number >= 0"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if shares.iter().all(|&v| v == 0.0) {
+        return Err(invalid("every share is 0"));
+    }
+    Ok(shares)
 }
 
 fn nonzero(v: u32) -> Option<u32> {
@@ -444,6 +475,15 @@ impl LoadRequest {
                 .map(|(_, v)| Pooling::parse(v))
                 .transpose()?,
             gpu_layers: non_negative("NGPULayers", o.ngpu_layers)?,
+            main_gpu: match o.main_gpu.trim() {
+                "" => None,
+                index => Some(index.parse::<u32>().map_err(|_| {
+                    EngineError::InvalidArgument(format!(
+                        "MainGPU `{index}` is not a device index (0, 1, ...)"
+                    ))
+                })?),
+            },
+            tensor_split: tensor_split(&o.tensor_split)?,
             mmap: o.m_map,
             mlock: o.m_lock,
             flash_attention: FlashAttention::parse(&o.flash_attention)?,
@@ -542,6 +582,35 @@ mod tests {
         assert_eq!(r.dtype, DType::Auto);
         assert!(r.lora.is_none() && r.ignored.is_empty());
         assert_eq!(r.parsers, ParserChoice::default());
+    }
+
+    #[test]
+    fn main_gpu_and_tensor_split_are_read_or_refused() {
+        let r = load(ModelOptions {
+            main_gpu: " 1 ".into(),
+            tensor_split: "3/1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((r.main_gpu, r.tensor_split), (Some(1), vec![3.0, 1.0]));
+        let r = load(ModelOptions::default()).unwrap();
+        assert_eq!((r.main_gpu, r.tensor_split.len()), (None, 0));
+        for (main_gpu, split, says) in [
+            ("first", "", "MainGPU `first`"),
+            ("-1", "", "MainGPU `-1`"),
+            ("", "1,x", "TensorSplit `1,x`"),
+            ("", "0,0", "every share is 0"),
+            ("", "1,-2", "TensorSplit `1,-2`"),
+        ] {
+            let e = load(ModelOptions {
+                main_gpu: main_gpu.into(),
+                tensor_split: split.into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

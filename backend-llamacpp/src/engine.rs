@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use llama_cpp_2::LlamaBackendDeviceType;
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaModel, RopeType};
 use llama_cpp_2::token::LlamaToken;
 
@@ -21,7 +22,7 @@ use backend_common::template::{SpecialTokens, TemplateSource};
 
 use crate::sampler;
 use crate::scheduler::{EmbedJob, Event, Job, LoopConfig, Scheduler, Task};
-use crate::settings::{self, LoadSettings};
+use crate::settings::{self, Device, LoadSettings, Placement, SplitMode};
 
 /// How often a request waiting for its next token checks that its client still listens.
 const ABANDON_POLL: Duration = Duration::from_millis(50);
@@ -60,6 +61,22 @@ impl LlamaEngine {
 pub struct LlamaPlan {
     request: LoadRequest,
     settings: LoadSettings,
+    placement: Placement,
+}
+
+/// The devices llama.cpp found (the CPU, and GPUs in a CUDA build on a machine with one).
+fn devices() -> Vec<Device> {
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| Device {
+            index: d.index,
+            name: d.name,
+            gpu: matches!(
+                d.device_type,
+                LlamaBackendDeviceType::Gpu | LlamaBackendDeviceType::IntegratedGpu
+            ),
+        })
+        .collect()
 }
 
 fn kv_type(t: CacheType) -> KvCacheType {
@@ -167,6 +184,7 @@ impl Engine for LlamaEngine {
 
     fn plan(&self, request: &LoadRequest) -> Result<LlamaPlan, EngineError> {
         let settings = LoadSettings::from_request(request)?;
+        let placement = settings::placement(request, &settings, &devices())?;
         let header = backend_common::model_path::check_gguf_file(&request.path)?;
         if let (Some(kv_elements), Some(memory)) = (
             header.kv_elements_per_token(),
@@ -195,15 +213,35 @@ impl Engine for LlamaEngine {
         Ok(LlamaPlan {
             request: request.clone(),
             settings,
+            placement,
         })
     }
 
     fn load(&self, plan: LlamaPlan) -> Result<(LlamaLoaded, ModelInfo), EngineError> {
-        let LlamaPlan { request, settings } = plan;
-        let params = LlamaModelParams::default()
+        let LlamaPlan {
+            request,
+            settings,
+            placement,
+        } = plan;
+        let mut params = LlamaModelParams::default()
             .with_n_gpu_layers(request.gpu_layers)
             .with_use_mmap(request.mmap)
             .with_use_mlock(request.mlock);
+        if let Some(main) = placement.main_gpu {
+            params = params.with_main_gpu(main as i32);
+        }
+        if let Some(mode) = placement.split_mode {
+            params = params.with_split_mode(match mode {
+                SplitMode::None => LlamaSplitMode::None,
+                SplitMode::Layer => LlamaSplitMode::Layer,
+                SplitMode::Row => LlamaSplitMode::Row,
+            });
+        }
+        if !placement.devices.is_empty() {
+            params = params
+                .with_devices(&placement.devices)
+                .map_err(|e| EngineError::InvalidArgument(format!("option `device`: {e}")))?;
+        }
         let mut model =
             LlamaModel::load_from_file(&self.backend, &request.path, &params).map_err(|e| {
                 EngineError::InvalidModel {

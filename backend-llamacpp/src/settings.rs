@@ -13,6 +13,9 @@ pub const OPTIONS: &[&str] = &[
     "cache_reuse",
     "context_shift",
     "warmup",
+    "split_mode",
+    "device",
+    "devices",
 ];
 
 /// Context length used when the request leaves `ContextSize` at 0 and the model was trained
@@ -47,6 +50,106 @@ pub struct LoadSettings {
     /// `context_shift`: a generation that fills its context drops the older half of what
     /// follows its first token and goes on, as llama-server does, instead of stopping.
     pub context_shift: bool,
+    /// `split_mode:none|layer|row`: how layers spread over several GPUs.
+    pub split_mode: Option<SplitMode>,
+    /// `device:NAME` / `devices:A,B`: the llama.cpp devices to use (`CUDA0`, ...), by name.
+    pub devices: Vec<String>,
+}
+
+/// `split_mode:` values (llama.cpp's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitMode {
+    /// One GPU holds everything.
+    None,
+    /// Whole layers spread over the GPUs.
+    Layer,
+    /// Rows of each layer's matrices spread over the GPUs.
+    Row,
+}
+
+/// A llama.cpp device as the worker sees it when loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// ggml's index of the device.
+    pub index: usize,
+    /// Its name (`CPU`, `CUDA0`).
+    pub name: String,
+    /// Whether it is a GPU (layers can be offloaded to it).
+    pub gpu: bool,
+}
+
+/// Where the weights go: what `MainGPU`, `TensorSplit`, `device(s)` and `split_mode` ask,
+/// checked against the devices there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Indices of the devices to use (empty: llama.cpp's choice, every GPU).
+    pub devices: Vec<usize>,
+    /// The main GPU, when given.
+    pub main_gpu: Option<u32>,
+    /// The split mode, when given.
+    pub split_mode: Option<SplitMode>,
+}
+
+/// Checks the request's GPU fields against `devices` (what llama.cpp found at load). A GPU
+/// that does not exist, or a split this worker cannot apply, is INVALID_ARGUMENT naming the
+/// devices there are; `NGPULayers` on a machine without GPU is served on the CPU, as
+/// llama.cpp does (LocalAI sends it whenever it thinks a GPU may help).
+pub fn placement(
+    req: &LoadRequest,
+    settings: &LoadSettings,
+    devices: &[Device],
+) -> Result<Placement, EngineError> {
+    let gpus: Vec<&Device> = devices.iter().filter(|d| d.gpu).collect();
+    let seen = || {
+        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        format!(
+            "this worker sees {} GPU(s); its devices are {}",
+            gpus.len(),
+            names.join(", ")
+        )
+    };
+    if let Some(main) = req.main_gpu
+        && main as usize >= gpus.len().max(1)
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "MainGPU {main}: {}",
+            seen()
+        )));
+    }
+    let shared = req.tensor_split.iter().filter(|&&v| v > 0.0).count();
+    if shared > 1 {
+        return Err(EngineError::InvalidArgument(format!(
+            "TensorSplit gives shares to {shared} GPUs, which this worker does not split by share ({}); leave it empty, or pick GPUs with the `devices` option",
+            seen()
+        )));
+    }
+    let chosen = settings
+        .devices
+        .iter()
+        .map(|name| {
+            devices
+                .iter()
+                .find(|d| d.name.eq_ignore_ascii_case(name))
+                .map(|d| d.index)
+                .ok_or_else(|| {
+                    EngineError::InvalidArgument(format!(
+                        "option `device`: no device `{name}`; {}",
+                        seen()
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if req.gpu_layers > 0 && gpus.is_empty() {
+        tracing::info!(
+            layers = req.gpu_layers,
+            "NGPULayers asks for a GPU, but this build or machine has none: every layer runs on the CPU"
+        );
+    }
+    Ok(Placement {
+        devices: chosen,
+        main_gpu: req.main_gpu,
+        split_mode: settings.split_mode,
+    })
 }
 
 impl LoadSettings {
@@ -69,6 +172,28 @@ impl LoadSettings {
             cache_reuse: options
                 .get_int::<u32>(&["cache_reuse"])?
                 .unwrap_or(DEFAULT_CACHE_REUSE),
+            split_mode: match options.get_str(&["split_mode"]) {
+                None => None,
+                Some((_, mode)) => Some(match mode.trim().to_ascii_lowercase().as_str() {
+                    "none" => SplitMode::None,
+                    "layer" => SplitMode::Layer,
+                    "row" => SplitMode::Row,
+                    other => {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "option `split_mode:{other}`: use none, layer or row"
+                        )));
+                    }
+                }),
+            },
+            devices: options
+                .get_str(&["devices", "device"])
+                .map(|(_, v)| {
+                    v.split([',', '/'])
+                        .map(|d| d.trim().to_string())
+                        .filter(|d| !d.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -222,9 +347,81 @@ mod tests {
             "warmup:perhaps",
             "cache_reuse:lots",
             "context_shift:sometimes",
+            "split_mode:diagonal",
         ] {
             let e = with(&[bad]).unwrap_err();
             assert!(matches!(e, EngineError::InvalidArgument(_)), "{bad}: {e}");
+        }
+    }
+
+    fn devices(gpus: usize) -> Vec<Device> {
+        let cpu = Device {
+            index: 0,
+            name: "CPU".into(),
+            gpu: false,
+        };
+        let gpu = |i: usize| Device {
+            index: i + 1,
+            name: format!("CUDA{i}"),
+            gpu: true,
+        };
+        std::iter::once(cpu).chain((0..gpus).map(gpu)).collect()
+    }
+
+    #[test]
+    fn gpu_fields_are_checked_against_the_devices() {
+        let place = |o: ModelOptions, gpus: usize| {
+            let r = request(o);
+            placement(&r, &LoadSettings::from_request(&r).unwrap(), &devices(gpus))
+        };
+        // LocalAI's usual GPU request on a CPU-only machine is served on the CPU.
+        let cpu = place(
+            ModelOptions {
+                ngpu_layers: 99,
+                main_gpu: "0".into(),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!((cpu.devices.len(), cpu.main_gpu), (0, Some(0)));
+        let one = place(
+            ModelOptions {
+                options: vec!["devices:cuda0".into(), "split_mode:layer".into()],
+                tensor_split: "1".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        assert_eq!(one.devices, vec![1]);
+        assert_eq!(one.split_mode, Some(SplitMode::Layer));
+        for (o, says) in [
+            (
+                ModelOptions {
+                    main_gpu: "1".into(),
+                    ..Default::default()
+                },
+                "MainGPU 1: this worker sees 1 GPU(s); its devices are CPU, CUDA0",
+            ),
+            (
+                ModelOptions {
+                    tensor_split: "3,1".into(),
+                    ..Default::default()
+                },
+                "TensorSplit gives shares to 2 GPUs",
+            ),
+            (
+                ModelOptions {
+                    options: vec!["device:CUDA1".into()],
+                    ..Default::default()
+                },
+                "no device `CUDA1`",
+            ),
+        ] {
+            let e = place(o, 1).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
         }
     }
 }

@@ -492,3 +492,35 @@ async fn grammar_reads_json_schemas_and_says_where_gbnf_breaks() {
         assert!(e.message().contains(says), "{grammar:?}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_fields_name_the_devices_there_are() {
+    let worker = start().await;
+    let mut client = worker.client(None).await.unwrap();
+    // LocalAI's usual request for a GPU machine: served on what there is.
+    load(
+        &mut client,
+        ModelOptions {
+            ngpu_layers: 9_999_999,
+            main_gpu: "0".into(),
+            ..load_options(SMOLLM2)
+        },
+    )
+    .await;
+    let reply = client.predict(raw("Hello", 3)).await.unwrap().into_inner();
+    assert_eq!(reply.tokens, 3);
+    let e = client
+        .load_model(ModelOptions {
+            options: vec!["device:NoSuchGPU9".into()],
+            ..load_options(SMOLLM2)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("no device `NoSuchGPU9`") && e.message().contains("CPU"),
+        "{e}"
+    );
+    let reply = client.predict(raw("Hello", 3)).await.unwrap().into_inner();
+    assert_eq!(reply.tokens, 3, "the loaded model keeps serving");
+}

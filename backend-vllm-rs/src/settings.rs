@@ -146,6 +146,17 @@ impl LoadSettings {
                 "TensorParallelSize > 1 (serving one model across several GPUs)",
             ));
         }
+        // A CPU build: GPU 0 (LocalAI's default) is read as "the device there is".
+        if let Some(main) = req.main_gpu.filter(|&m| m > 0) {
+            return Err(EngineError::InvalidArgument(format!(
+                "MainGPU {main}: this build of the worker runs on the CPU and sees no GPU"
+            )));
+        }
+        if req.tensor_split.iter().filter(|&&v| v > 0.0).count() > 1 {
+            return Err(EngineError::InvalidArgument(
+                "TensorSplit spreads the model over several GPUs; this build of the worker runs on the CPU: leave it empty".into(),
+            ));
+        }
         if let Some(lora) = &req.lora {
             return Err(EngineError::InvalidArgument(format!(
                 "LoraAdapter `{}`: this backend does not apply LoRA adapters; merge the adapter into the weights, or use the llama.cpp backend",
@@ -217,6 +228,24 @@ mod tests {
             DEFAULT_CPU_KV_BYTES
         );
         assert_eq!(s.core.kv_bytes(Some(3 << 30), 1 << 30), 2 << 30);
+    }
+
+    #[test]
+    fn gpu_fields_beyond_the_cpu_are_refused() {
+        let gpu = |main_gpu: &str, tensor_split: &str| {
+            settings(ModelOptions {
+                ngpu_layers: 99,
+                main_gpu: main_gpu.into(),
+                tensor_split: tensor_split.into(),
+                ..Default::default()
+            })
+        };
+        assert!(gpu("0", "1").is_ok(), "LocalAI's defaults for one GPU");
+        for (main_gpu, split, says) in [("1", "", "MainGPU 1"), ("", "1,1", "TensorSplit")] {
+            let e = gpu(main_gpu, split).unwrap_err();
+            assert!(matches!(e, EngineError::InvalidArgument(_)), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     fn with_options(options: &[&str]) -> Result<LoadSettings, EngineError> {
