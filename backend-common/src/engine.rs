@@ -140,6 +140,8 @@ pub struct Embedding {
     pub dim: usize,
     /// One vector per input token (`pooling:none`) rather than one pooled vector.
     pub per_token: bool,
+    /// Tokens of the input that was embedded.
+    pub input_tokens: usize,
 }
 
 impl Embedding {

@@ -550,14 +550,7 @@ impl<E: Engine> Backend for BackendService<E> {
         };
         let served = self.current_for(&req.model_identity)?;
         let _busy = self.state.busy();
-        let (embedding, prompt_tokens) = blocking(span, move || {
-            let prompt_tokens = match &input {
-                EmbedInput::Tokens(ids) => ids.len(),
-                EmbedInput::Text(text) => served.model.tokenize(text, true)?.len(),
-            };
-            Ok((served.model.embed(&input)?, prompt_tokens))
-        })
-        .await?;
+        let embedding = blocking(span, move || served.model.embed(&input)).await?;
         let layout = if embedding.per_token {
             pb::EmbeddingLayout::PerToken
         } else {
@@ -566,7 +559,7 @@ impl<E: Engine> Backend for BackendService<E> {
         Ok(Response::new(pb::EmbeddingResult {
             tokens: (embedding.values.len() / embedding.dim.max(1)) as i32,
             dim: embedding.dim as i32,
-            prompt_tokens: prompt_tokens as i32,
+            prompt_tokens: embedding.input_tokens as i32,
             layout: layout as i32,
             embeddings: embedding.values,
         }))

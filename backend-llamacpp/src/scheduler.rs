@@ -689,6 +689,7 @@ fn embed(
             values: Embedding::unit(pooled),
             dim: pooled.len(),
             per_token: false,
+            input_tokens: tokens.len(),
         });
     }
     let mut values = Vec::new();
@@ -706,6 +707,7 @@ fn embed(
         values,
         dim,
         per_token: true,
+        input_tokens: tokens.len(),
     })
 }
 

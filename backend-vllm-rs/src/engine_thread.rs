@@ -143,6 +143,7 @@ impl EmbeddingRows {
             values,
             dim,
             per_token: self.job.pooling == Pooling::None,
+            input_tokens: self.rows.len(),
         })
     }
 }

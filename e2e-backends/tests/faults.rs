@@ -402,6 +402,7 @@ impl LoadedModel for ScriptModel {
             values: v,
             dim: 16,
             per_token: false,
+            input_tokens: text.chars().count(),
         })
     }
 
