@@ -398,8 +398,7 @@ impl GgufFile {
 
 /// Whether a matmul weight of `dtype` is re-encoded at load: Q5_0, which llama.cpp's Q4_K_M
 /// uses for every matrix whose rows are not a multiple of 256 and which candle multiplies with
-/// scalar code only. (Q4_1 and Q5_1, also scalar in candle, have no exact faster form: their
-/// per-block offset does not fit Q8_0, and re-quantizing would change the model's logits.)
+/// scalar code only. (Q4_1, Q4_K and Q6_K have kernels of their own, see [`Linear::new`].)
 fn needs_fast_form(dtype: GgmlDType) -> bool {
     dtype == GgmlDType::Q5_0
 }

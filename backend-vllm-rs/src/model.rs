@@ -20,8 +20,11 @@ use std::ops::Range;
 
 use candle_core::quantized::QMatMul;
 
+use crate::paged_attention;
+use crate::q4_matmul::Q4Weight;
+use crate::q6_matmul::Q6Weight;
 use crate::q8_matmul::Q8Weight;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Storage, Tensor};
 
 /// A failure inside the tensor code.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +137,28 @@ pub enum Linear {
     Bf16(Tensor),
     /// Q8_0 weights, through [`crate::q8_matmul`].
     Q8(Q8Weight),
+    /// Q4_1 and Q4_K weights, through [`crate::q4_matmul`].
+    Q4(Q4Weight),
+    /// Q6_K weights, through [`crate::q6_matmul`].
+    Q6(Q6Weight),
 }
 
 impl Linear {
-    /// The fastest form of `m`: Q8_0 blocks and bf16 tensors get this crate's kernels.
+    /// The fastest form of `m`: Q8_0, Q4_1, Q4_K and Q6_K blocks and bf16 tensors get this
+    /// crate's kernels.
     pub fn new(m: QMatMul) -> candle_core::Result<Self> {
         Ok(match m {
-            QMatMul::QTensor(q) => match Q8Weight::from_qtensor(&q)? {
-                Some(w) => Linear::Q8(w),
-                None => Linear::Candle(QMatMul::QTensor(q)),
-            },
+            QMatMul::QTensor(q) => {
+                if let Some(w) = Q8Weight::from_qtensor(&q)? {
+                    Linear::Q8(w)
+                } else if let Some(w) = Q4Weight::from_qtensor(&q)? {
+                    Linear::Q4(w)
+                } else if let Some(w) = Q6Weight::from_qtensor(&q)? {
+                    Linear::Q6(w)
+                } else {
+                    Linear::Candle(QMatMul::QTensor(q))
+                }
+            }
             QMatMul::Tensor(t) if t.dtype() == DType::BF16 => Linear::Bf16(t),
             other => Linear::Candle(other),
         })
@@ -155,6 +170,8 @@ impl Linear {
             Linear::Candle(m) => m.forward(x)?,
             Linear::Bf16(w) => crate::bf16_matmul::matmul(w, x)?,
             Linear::Q8(w) => w.matmul(x)?,
+            Linear::Q4(w) => w.matmul(x)?,
+            Linear::Q6(w) => w.matmul(x)?,
         })
     }
 
@@ -164,6 +181,8 @@ impl Linear {
             Linear::Candle(m) => matmul_bytes(m),
             Linear::Bf16(t) => tensor_bytes(t),
             Linear::Q8(w) => w.bytes(),
+            Linear::Q4(w) => w.bytes(),
+            Linear::Q6(w) => w.bytes(),
         }
     }
 }
@@ -589,43 +608,96 @@ impl Model {
             kv.write(v_cache, &new_v, item.start, item.block_table)?;
             offset += n;
         }
-        let group = heads / kv_heads;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut outputs = Vec::with_capacity(batch.len());
+        // On the CPU, in place through the block tables (`paged_attention`); elsewhere each
+        // item's keys and values are gathered.
+        if !self.device.is_cpu() || k_cache.dtype() != DType::F32 {
+            let mut outputs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for item in batch {
+                outputs.push(self.attend_gathered(kv, k_cache, v_cache, &q, item, offset)?);
+                offset += item.tokens.len();
+            }
+            return layer.o.forward(&Tensor::cat(&outputs, 0)?);
+        }
+        let mut items = Vec::with_capacity(batch.len());
         let mut offset = 0;
         for item in batch {
-            let (n, start) = (item.tokens.len(), item.start);
-            let keys = start + n;
-            let k_all = kv.read(k_cache, keys, item.block_table)?;
-            let v_all = kv.read(v_cache, keys, item.block_table)?;
-            // Heads sharing a KV head are stacked as rows: (kv_heads, group * n, hd).
-            let q_seq = q
-                .narrow(0, offset, n)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((kv_heads, group * n, hd))?;
-            let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
-            let windowed = cfg.sliding_window.is_some_and(|w| keys > w);
-            let scores = if n > 1 || windowed {
-                let mask = causal_mask(n, start, cfg.sliding_window, &self.device)?
-                    .to_dtype(scores.dtype())?;
-                scores
-                    .reshape((kv_heads, group, n, keys))?
-                    .broadcast_add(&mask)?
-                    .reshape((kv_heads, group * n, keys))?
-            } else {
-                scores
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let out = probs
-                .matmul(&v_all)?
-                .reshape((heads, n, hd))?
-                .transpose(0, 1)?
-                .reshape((n, heads * hd))?;
-            outputs.push(out);
-            offset += n;
+            items.push(paged_attention::Item {
+                first: offset,
+                n: item.tokens.len(),
+                start: item.start,
+                table: item.block_table,
+            });
+            offset += item.tokens.len();
         }
-        layer.o.forward(&Tensor::cat(&outputs, 0)?)
+        let shape = paged_attention::Shape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            block_size: kv.block_size,
+            cache_rows: kv.blocks * kv.block_size,
+            window: cfg.sliding_window,
+        };
+        let queries: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let mut out = vec![0f32; total * heads * hd];
+        let (k_storage, k_layout) = k_cache.storage_and_layout();
+        let (v_storage, v_layout) = v_cache.storage_and_layout();
+        let (Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*k_storage, &*v_storage) else {
+            return Err(ModelError(candle_core::Error::Msg(
+                "the KV cache is not in CPU memory".into(),
+            )));
+        };
+        let keys = &k_cpu.as_slice::<f32>()?[k_layout.start_offset()..];
+        let values = &v_cpu.as_slice::<f32>()?[v_layout.start_offset()..];
+        paged_attention::attend(shape, &queries, keys, values, &items, &mut out);
+        let out = Tensor::from_vec(out, (total, heads * hd), &self.device)?;
+        layer.o.forward(&out)
+    }
+
+    /// Attention of one item whose keys and values are gathered out of the cache into
+    /// tensors: `(n, heads * head_dim)`. `q` holds every item's queries, this one's at rows
+    /// `offset..offset + n`.
+    fn attend_gathered(
+        &self,
+        kv: &KvCache,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        q: &Tensor,
+        item: &BatchItem<'_>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+        let group = heads / kv_heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (n, start) = (item.tokens.len(), item.start);
+        let keys = start + n;
+        let k_all = kv.read(k_cache, keys, item.block_table)?;
+        let v_all = kv.read(v_cache, keys, item.block_table)?;
+        // Heads sharing a KV head are stacked as rows: (kv_heads, group * n, hd).
+        let q_seq = q
+            .narrow(0, offset, n)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, group * n, hd))?;
+        let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
+        let windowed = cfg.sliding_window.is_some_and(|w| keys > w);
+        let scores = if n > 1 || windowed {
+            let mask = causal_mask(n, start, cfg.sliding_window, &self.device)?
+                .to_dtype(scores.dtype())?;
+            scores
+                .reshape((kv_heads, group, n, keys))?
+                .broadcast_add(&mask)?
+                .reshape((kv_heads, group * n, keys))?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        Ok(probs
+            .matmul(&v_all)?
+            .reshape((heads, n, hd))?
+            .transpose(0, 1)?
+            .reshape((n, heads * hd))?)
     }
 }
 

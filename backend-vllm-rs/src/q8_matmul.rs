@@ -10,10 +10,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
 
+use crate::q8_rows::{BLOCK, Q8Rows};
 use crate::row_parallel::for_each_row;
 
-/// Values per block.
-const BLOCK: usize = 32;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
 
@@ -25,12 +24,6 @@ pub struct Q8Weight {
     /// `rows * cols / 32` scales, row-major.
     scales: Vec<f32>,
     /// `rows * cols` quants, row-major.
-    quants: Vec<i8>,
-}
-
-/// Activation rows quantized like the weights.
-struct Q8Rows {
-    scales: Vec<f32>,
     quants: Vec<i8>,
 }
 
@@ -75,7 +68,7 @@ impl Q8Weight {
             candle_core::bail!("Q8_0 matmul: x has {k} columns, the weight {}", self.cols);
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let xq = quantize_rows(&xs);
+        let xq = Q8Rows::quantize(&xs);
         let blocks = k / BLOCK;
         let dot = dot_fn();
         let out = for_each_row(self.rows, m, |r, out| {
@@ -94,20 +87,6 @@ impl Q8Weight {
         });
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
-}
-
-/// Quantizes rows of whole blocks as ggml's `quantize_row_q8_0` does.
-fn quantize_rows(xs: &[f32]) -> Q8Rows {
-    let mut scales = Vec::with_capacity(xs.len() / BLOCK);
-    let mut quants = Vec::with_capacity(xs.len());
-    for block in xs.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-        scales.push(f16::from_f32(d).to_f32());
-        quants.extend(block.iter().map(|v| (v * inv).round() as i8));
-    }
-    Q8Rows { scales, quants }
 }
 
 type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
@@ -259,7 +238,7 @@ mod tests {
         }
         // Every kernel this CPU runs agrees with the portable one, odd block counts included.
         let xv: Vec<f32> = (0..160).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let xq = quantize_rows(&xv);
+        let xq = Q8Rows::quantize(&xv);
         let wq: Vec<i8> = (0..160)
             .map(|i| ((i * 37) % 255) as i8)
             .map(|v| v.max(-127))

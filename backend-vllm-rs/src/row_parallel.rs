@@ -5,19 +5,36 @@
 //! cores would take turns spinning against each other's work.
 use candle_core::utils::barrier_pool;
 
-/// A pointer the pool's threads may share; see the safety note where it is written through.
+/// An output buffer the pool's threads write disjoint parts of.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: only used to write disjoint elements from the pool's threads (see `for_each_row`).
-unsafe impl Send for Shared {}
+pub struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY: only used to write disjoint elements from the pool's threads (see `slice`).
+unsafe impl Send for SharedOut {}
 // SAFETY: as for `Send`: threads never write the same element, and nothing reads while they
 // write.
-unsafe impl Sync for Shared {}
+unsafe impl Sync for SharedOut {}
 
-impl Shared {
-    /// The pointer (a method, so closures capture the whole `Shared`, which is `Sync`).
-    fn get(self) -> *mut f32 {
-        self.0
+impl SharedOut {
+    /// Shares `out`, which must outlive every use of the result.
+    pub fn new(out: &mut [f32]) -> Self {
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// Elements `offset..offset + len` of the buffer.
+    ///
+    /// # Safety
+    /// The buffer must still be alive, and no other thread may read or write these elements
+    /// while the slice is in use.
+    pub unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+        assert!(offset + len <= self.len, "output slice out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity and liveness are the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
 }
 
@@ -25,13 +42,12 @@ impl Shared {
 /// (one per activation row), and returns the `(m, rows)` result row-major.
 pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut by_row = vec![0f32; rows * m];
-    let shared = Shared(by_row.as_mut_ptr());
+    let shared = SharedOut::new(&mut by_row);
     barrier_pool().execute_chunked(rows, |range| {
         for r in range {
             // SAFETY: the pool hands each row index to exactly one call, so the `m` elements
-            // at `r * m` are written by one thread only, and they lie inside `by_row`, which
-            // outlives the pool call.
-            let out = unsafe { std::slice::from_raw_parts_mut(shared.get().add(r * m), m) };
+            // at `r * m` are written by one thread only, and `by_row` outlives the pool call.
+            let out = unsafe { shared.slice(r * m, m) };
             kernel(r, out);
         }
     });

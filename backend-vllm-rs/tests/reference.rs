@@ -55,12 +55,13 @@ fn compare(name: &str, reference: impl FnMut(&Tensor, usize) -> Result<Tensor>) 
         input = vec![ours_next];
     }
     // With `CANDLE_DEQUANTIZE_ALL=1` both sides run f32 weights and agree to ~4e-5: the
-    // math is the same. On quantized weights candle's kernels take different paths for the
-    // two call shapes and drift by up to ~1 logit (of ~25); greedy tokens still agree.
+    // math is the same. On quantized weights each side is about 1 logit (of ~25) from the f32
+    // model in its own direction (tests/accuracy.rs: this worker's kernels are the closer), so
+    // they differ by up to about 2; greedy tokens still agree.
     let bound = if std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_some() {
         1e-3
     } else {
-        1.5
+        2.0
     };
     assert!(worst < bound, "{name}: logits differ by {worst}");
     Ok(())
@@ -130,6 +131,7 @@ fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
     let diff_a = max_abs_diff(&together.get(0)?, &alone[0])?;
     let diff_b = max_abs_diff(&together.get(2)?, &alone[1])?;
     eprintln!("batched vs alone: {diff_a:.2e} {diff_b:.2e}");
-    assert!(diff_a < 1e-3 && diff_b < 1e-3, "{diff_a} {diff_b}");
+    // Exactly: every kernel on the CPU computes a row from that row alone (batch invariance).
+    assert!(diff_a == 0.0 && diff_b == 0.0, "{diff_a} {diff_b}");
     Ok(())
 }

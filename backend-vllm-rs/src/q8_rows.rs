@@ -1,0 +1,100 @@
+//! Activation rows quantized to signed bytes per block of 32 values, as ggml's
+//! `quantize_row_q8_0` does, for the integer matmul kernels.
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// Rows of whole blocks: `scales[b]` (f16-rounded, as ggml stores them) times
+/// `quants[b * 32..][..32]` approximates block `b`.
+pub struct Q8Rows {
+    /// One scale per block.
+    pub scales: Vec<f32>,
+    /// 32 quants per block.
+    pub quants: Vec<i8>,
+}
+
+impl Q8Rows {
+    /// Quantizes `xs` (a whole number of blocks) with scale `max |x| / 127` per block.
+    pub fn quantize(xs: &[f32]) -> Q8Rows {
+        let mut scales = Vec::with_capacity(xs.len() / BLOCK);
+        let mut quants = Vec::with_capacity(xs.len());
+        for block in xs.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+            scales.push(half::f16::from_f32(d).to_f32());
+            quants.extend(block.iter().map(|v| (v * inv).round() as i8));
+        }
+        Q8Rows { scales, quants }
+    }
+
+    /// `(m, cols)` rows, each zero-padded to `padded` values first (`padded` >= `cols`, both
+    /// whole blocks when padded).
+    pub fn quantize_padded(xs: &[f32], cols: usize, padded: usize) -> Q8Rows {
+        if cols == padded {
+            return Q8Rows::quantize(xs);
+        }
+        let mut wide = Vec::with_capacity(xs.len() / cols.max(1) * padded);
+        for row in xs.chunks_exact(cols) {
+            wide.extend_from_slice(row);
+            wide.resize(wide.len() + padded - cols, 0.0);
+        }
+        Q8Rows::quantize(&wide)
+    }
+
+    /// For every run of `per` values (16 or 32), its scale times the sum of its quants: what
+    /// a weight offset shared by those values multiplies.
+    pub fn sums(&self, per: usize) -> Vec<f32> {
+        self.quants
+            .chunks_exact(per)
+            .enumerate()
+            .map(|(i, q)| {
+                let sum: i32 = q.iter().map(|&v| v as i32).sum();
+                self.scales[i * per / BLOCK] * sum as f32
+            })
+            .collect()
+    }
+
+    /// The values the quants stand for, `cols` of each `padded`-value row (for tests that
+    /// compare a kernel with an f32 matmul of exactly what it multiplies).
+    #[cfg(test)]
+    pub fn dequantize(&self, cols: usize, padded: usize) -> Vec<f32> {
+        self.quants
+            .chunks_exact(padded)
+            .enumerate()
+            .flat_map(|(r, row)| {
+                let scales = &self.scales[r * padded / BLOCK..];
+                row[..cols]
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, &q)| scales[j / BLOCK] * q as f32)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_within_half_a_step() {
+        let xs: Vec<f32> = (0..96).map(|i| (i as f32 * 0.7).sin() * 5.0).collect();
+        let q = Q8Rows::quantize(&xs);
+        assert_eq!((q.scales.len(), q.quants.len()), (3, 96));
+        for (i, x) in xs.iter().enumerate() {
+            let d = q.scales[i / BLOCK];
+            assert!((d * q.quants[i] as f32 - x).abs() <= d * 0.51 + 1e-3, "{i}");
+        }
+        let sums = q.sums(16);
+        assert_eq!(sums.len(), 6);
+        let first: i32 = q.quants[16..32].iter().map(|&v| v as i32).sum();
+        assert_eq!(sums[1], q.scales[0] * first as f32);
+        // Zero padding adds blocks of zeros with scale 0.
+        let p = Q8Rows::quantize_padded(&xs[..64], 32, 64);
+        assert_eq!(p.scales.len(), 4);
+        assert_eq!(p.scales[1], 0.0);
+        assert_eq!(&p.quants[..32], &q.quants[..32]);
+        assert!(p.quants[32..64].iter().all(|&v| v == 0));
+    }
+}
