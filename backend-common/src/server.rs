@@ -209,15 +209,13 @@ impl<E: Engine> BackendService<E> {
     }
 
     /// Replaces the served model; the old one is released outside the lock (dropping weights
-    /// takes a moment) once its running requests end, and the heap it freed goes back to the
-    /// system.
+    /// takes a moment) once its running requests end, and the heap freed by it and by loading
+    /// the new one (file buffers, weights before conversion) goes back to the system.
     fn swap(slot: &Slot<E::Model>, next: Option<Arc<Served<E::Model>>>) {
         let previous =
             std::mem::replace(&mut *slot.write().unwrap_or_else(|e| e.into_inner()), next);
-        if let Some(previous) = previous {
-            drop(previous);
-            crate::host::release_free_memory();
-        }
+        drop(previous);
+        crate::host::release_free_memory();
     }
 
     fn span(&self, method: &'static str, correlation: &str) -> tracing::Span {
