@@ -15,6 +15,7 @@ pub mod engine_thread;
 pub mod export;
 pub mod gguf;
 pub mod hf;
+pub mod isa;
 pub mod model;
 pub mod paged_attention;
 pub mod q4_matmul;

@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use candle_core::utils::barrier_pool;
 
+use crate::isa::weighted_sum;
 use crate::row_parallel::SharedOut;
 
 /// New tokens one task computes: their query rows and scores stay in the first caches.
@@ -45,6 +46,8 @@ struct Inputs<'a> {
     q: &'a [f32],
     k_cache: &'a [f32],
     v_cache: &'a [f32],
+    /// Where the results go, rows like the queries'.
+    out: SharedOut,
 }
 
 /// One sequence of the batch: its new tokens are rows `first..first + n` of the queries, at
@@ -73,38 +76,47 @@ pub fn attend(
 ) {
     let width = shape.heads * shape.head_dim;
     debug_assert!(out.len() >= items.iter().map(|i| i.first + i.n).max().unwrap_or(0) * width);
-    let out_ptr = SharedOut::new(out);
     let one = one_fn();
     let inputs = Inputs {
         shape,
         q,
         k_cache,
         v_cache,
+        out: SharedOut::new(out),
     };
-    // Tasks: (item, chunk of its new tokens, KV head).
-    let tasks: Vec<(usize, Range<usize>, usize)> = items
+    let tasks: Vec<Task<'_, '_>> = items
         .iter()
-        .enumerate()
-        .flat_map(|(index, item)| {
+        .flat_map(|item| {
             (0..item.n.div_ceil(CHUNK)).flat_map(move |c| {
                 let tokens = c * CHUNK..((c + 1) * CHUNK).min(item.n);
-                (0..shape.kv_heads).map(move |g| (index, tokens.clone(), g))
+                (0..shape.kv_heads).map(move |kv_head| Task {
+                    item,
+                    tokens: tokens.clone(),
+                    kv_head,
+                })
             })
         })
         .collect();
     barrier_pool().execute_chunked(tasks.len(), |range| {
-        for (index, tokens, kv_head) in &tasks[range] {
+        for task in &tasks[range] {
             // SAFETY: a task writes only its own tokens' rows, at the columns of the query
             // heads of its KV head; tasks' (rows, heads) are disjoint and the pool runs each
             // task once, so no two tasks write the same element, and nothing reads `out`
             // meanwhile. The CPU runs the instructions `one` enables (see `one_fn`).
-            unsafe { one(&inputs, &items[*index], tokens.clone(), *kv_head, out_ptr) };
+            unsafe { one(&inputs, task) };
         }
     });
 }
 
-/// One task; unsafe as [`attend_one`].
-type OneFn = unsafe fn(&Inputs<'_>, &Item<'_>, Range<usize>, usize, SharedOut);
+/// A unit of work: some new tokens of one item, for the query heads of one KV head.
+struct Task<'i, 't> {
+    item: &'i Item<'t>,
+    tokens: Range<usize>,
+    kv_head: usize,
+}
+
+/// [`attend_one`]; unsafe as it is.
+type OneFn = unsafe fn(&Inputs<'_>, &Task<'_, '_>);
 
 /// [`attend_one`] compiled for the widest vectors this CPU has.
 fn one_fn() -> OneFn {
@@ -124,51 +136,39 @@ fn one_fn() -> OneFn {
 /// [`attend_one`] with AVX-512; the CPU must have it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_one_avx512(
-    inputs: &Inputs<'_>,
-    item: &Item<'_>,
-    tokens: Range<usize>,
-    kv_head: usize,
-    out: SharedOut,
-) {
+unsafe fn attend_one_avx512(inputs: &Inputs<'_>, task: &Task<'_, '_>) {
     // SAFETY: as the caller's.
-    unsafe { attend_one(inputs, item, tokens, kv_head, out) }
+    unsafe { attend_one(inputs, task) }
 }
 
 /// [`attend_one`] with AVX2 and FMA; the CPU must have them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_one_avx2(
-    inputs: &Inputs<'_>,
-    item: &Item<'_>,
-    tokens: Range<usize>,
-    kv_head: usize,
-    out: SharedOut,
-) {
+unsafe fn attend_one_avx2(inputs: &Inputs<'_>, task: &Task<'_, '_>) {
     // SAFETY: as the caller's.
-    unsafe { attend_one(inputs, item, tokens, kv_head, out) }
+    unsafe { attend_one(inputs, task) }
 }
 
-/// One (item, its new tokens `tokens`, KV head): those tokens' query rows of the heads
-/// sharing the KV head, against the keys they see. Inlined
-/// into the callers above, so its loops are vectorized with their instruction sets.
+/// One task: its tokens' query rows of the heads sharing its KV head, against the keys they
+/// see. Inlined into the callers above, so its loops are vectorized with their instruction
+/// sets.
 ///
 /// # Safety
 /// No other thread may write the output elements this call writes (see [`attend`]).
 #[inline(always)]
-unsafe fn attend_one(
-    inputs: &Inputs<'_>,
-    item: &Item<'_>,
-    tokens: Range<usize>,
-    kv_head: usize,
-    out: SharedOut,
-) {
+unsafe fn attend_one(inputs: &Inputs<'_>, task: &Task<'_, '_>) {
     let Inputs {
         shape,
         q,
         k_cache,
         v_cache,
+        out,
     } = *inputs;
+    let Task {
+        item,
+        ref tokens,
+        kv_head,
+    } = *task;
     let (hd, bs) = (shape.head_dim, shape.block_size);
     let group = shape.heads / shape.kv_heads;
     let width = shape.heads * hd;
@@ -196,7 +196,7 @@ unsafe fn attend_one(
             for h in 0..group {
                 let head = kv_head * group + h;
                 let qr = &q[(item.first + i) * width + head * hd..][..hd];
-                scores[(h * n + t) * width_s + j - span.start] = dot(qr, k) * scale;
+                scores[(h * n + t) * width_s + j - span.start] = weighted_sum(qr, k) * scale;
             }
         }
     }
@@ -231,25 +231,6 @@ unsafe fn attend_one(
             dst.copy_from_slice(&acc[r * hd..][..hd]);
         }
     }
-}
-
-/// `a · b`, with eight partial sums the compiler keeps in vector registers.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for lane in 0..8 {
-            acc[lane] += x[lane] * y[lane];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `a += p * v`.

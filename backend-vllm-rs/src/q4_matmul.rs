@@ -14,7 +14,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
 
-use crate::q8_rows::{BLOCK, Q8Rows};
+#[cfg(target_arch = "x86_64")]
+use crate::isa::hsum256;
+use crate::isa::{TILE, for_tiles, pick, weighted_sum};
+use crate::q8_rows::{Acts, BLOCK, Q8Rows};
 use crate::row_parallel::for_each_row;
 
 /// Values per packed group: two blocks.
@@ -26,8 +29,6 @@ const SUPER: usize = 256;
 /// Bytes of a Q4_K super-block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 of
 /// nibbles.
 const Q4_K_BYTES: usize = 144;
-/// Activation rows one pass over a weight row serves.
-const TILE: usize = 4;
 
 /// A 4-bit weight matrix, `(rows, cols)`, each row padded with zero blocks to whole groups.
 #[derive(Debug)]
@@ -116,7 +117,7 @@ impl Q4Weight {
             quants: &xq.quants,
             scales: &xq.scales,
             sums: &xq.sums(BLOCK),
-            padded: self.padded,
+            cols: self.padded,
         };
         let row_fn = row_fn();
         let blocks = self.padded / BLOCK;
@@ -181,69 +182,36 @@ struct Row<'a> {
     offsets: &'a [f32],
 }
 
-/// The quantized activation rows, each `padded` values.
-struct Acts<'a> {
-    quants: &'a [i8],
-    scales: &'a [f32],
-    /// Per block, its scale times the sum of its quants.
-    sums: &'a [f32],
-    padded: usize,
-}
-
-impl Acts<'_> {
-    fn rows(&self) -> usize {
-        self.quants.len() / self.padded
-    }
-}
-
 /// Writes `out[i]` = weight row · activation row `i`, for every activation row.
 type RowFn = fn(&Row<'_>, &Acts<'_>, &mut [f32]);
 
 /// The fastest kernel this CPU runs.
+#[cfg(target_arch = "x86_64")]
 fn row_fn() -> RowFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |w, x, out| unsafe { row_avx512_vnni(w, x, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |w, x, out| unsafe { row_avx2(w, x, out) };
-        }
-    }
+    // SAFETY: `pick` returns this form only on a CPU with AVX-512 VNNI.
+    let vnni: RowFn = |w, x, out| unsafe { row_avx512_vnni(w, x, out) };
+    // SAFETY: `pick` returns this form only on a CPU with AVX2 and FMA.
+    let avx2: RowFn = |w, x, out| unsafe { row_avx2(w, x, out) };
+    pick(vnni, avx2, row_portable)
+}
+
+/// The only kernel elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+fn row_fn() -> RowFn {
     row_portable
 }
 
 /// The offsets' share of row `i`: `Σ offset[b] * sums[b]`.
-// Inlined into each kernel, so it is vectorized with the kernel's instruction set.
 #[inline(always)]
 fn offset_dot(w: &Row<'_>, x: &Acts<'_>, i: usize) -> f32 {
     let blocks = w.offsets.len();
-    let sums = &x.sums[i * blocks..][..blocks];
-    // Eight partial sums, which the compiler keeps in one vector register.
-    let mut acc = [0f32; 8];
-    for (o, s) in w.offsets.chunks_exact(8).zip(sums.chunks_exact(8)) {
-        for lane in 0..8 {
-            acc[lane] += o[lane] * s[lane];
-        }
-    }
-    let tail = blocks / 8 * 8;
-    let rest: f32 = w.offsets[tail..]
-        .iter()
-        .zip(&sums[tail..])
-        .map(|(o, s)| o * s)
-        .sum();
-    acc.iter().sum::<f32>() + rest
+    weighted_sum(w.offsets, &x.sums[i * blocks..][..blocks])
 }
 
 fn row_portable(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
     let blocks = w.scales.len();
     for (i, o) in out.iter_mut().enumerate().take(x.rows()) {
-        let xq = &x.quants[i * x.padded..][..x.padded];
+        let xq = &x.quants[i * x.cols..][..x.cols];
         let xs = &x.scales[i * blocks..][..blocks];
         let mut sum = 0f32;
         for (g, bytes) in w.quants.chunks_exact(32).enumerate() {
@@ -262,16 +230,10 @@ fn row_portable(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_avx2(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
-    let mut i = 0;
-    let rows = x.rows().min(out.len());
-    while i + TILE <= rows {
-        tile_avx2::<TILE>(w, x, i, &mut out[i..i + TILE]);
-        i += TILE;
-    }
-    while i < rows {
-        tile_avx2::<1>(w, x, i, &mut out[i..i + 1]);
-        i += 1;
-    }
+    for_tiles(out, x.rows(), |i, out| match out.len() {
+        TILE => tile_avx2::<TILE>(w, x, i, out),
+        _ => tile_avx2::<1>(w, x, i, out),
+    });
 }
 
 /// Activation rows `first..first + N` against one weight row: per group, both blocks
@@ -285,7 +247,7 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
     let blocks = w.scales.len();
     // SAFETY: group `g` reads weight bytes `32g..32g + 32` (within `groups * 32`), scales
     // `2g`, `2g + 1` of the row (`blocks = 2 * groups`), and of each activation row `i`
-    // (`first + N <= rows`) bytes `64g..64g + 64` of its `padded = 64 * groups` and its
+    // (`first + N <= rows`) bytes `64g..64g + 64` of its `cols` (padded: `64 * groups`) and its
     // scales `2g`, `2g + 1`.
     unsafe {
         let mask = _mm256_set1_epi8(0x0F);
@@ -301,7 +263,7 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
             );
             for (n, a) in acc.iter_mut().enumerate() {
                 let i = first + n;
-                let xq = x.quants.as_ptr().add(i * x.padded + GROUP * g);
+                let xq = x.quants.as_ptr().add(i * x.cols + GROUP * g);
                 let xs = x.scales.as_ptr().add(i * blocks + 2 * g);
                 let x0 = _mm256_loadu_si256(xq as *const __m256i);
                 let x1 = _mm256_loadu_si256(xq.add(32) as *const __m256i);
@@ -312,9 +274,7 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
             }
         }
         for (n, a) in acc.iter().enumerate() {
-            let v = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a));
-            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-            let v = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+            let v = hsum256(*a);
             out[n] = v + offset_dot(w, x, first + n);
         }
     }
@@ -323,16 +283,10 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn row_avx512_vnni(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
-    let mut i = 0;
-    let rows = x.rows().min(out.len());
-    while i + TILE <= rows {
-        tile_avx512_vnni::<TILE>(w, x, i, &mut out[i..i + TILE]);
-        i += TILE;
-    }
-    while i < rows {
-        tile_avx512_vnni::<1>(w, x, i, &mut out[i..i + 1]);
-        i += 1;
-    }
+    for_tiles(out, x.rows(), |i, out| match out.len() {
+        TILE => tile_avx512_vnni::<TILE>(w, x, i, out),
+        _ => tile_avx512_vnni::<1>(w, x, i, out),
+    });
 }
 
 /// As [`tile_avx2`], a whole group per step: the two unpacked blocks side by side in one
@@ -360,7 +314,7 @@ fn tile_avx512_vnni<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out
             );
             for (n, a) in acc.iter_mut().enumerate() {
                 let i = first + n;
-                let xq = x.quants.as_ptr().add(i * x.padded + GROUP * g);
+                let xq = x.quants.as_ptr().add(i * x.cols + GROUP * g);
                 let xs = x.scales.as_ptr().add(i * blocks + 2 * g);
                 let dot = _mm512_dpbusd_epi32(zero, wv, _mm512_loadu_si512(xq as *const __m512i));
                 let scale = _mm512_mul_ps(
@@ -379,6 +333,7 @@ fn tile_avx512_vnni<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::testing::{assert_agree, has_avx2};
     use candle_core::Device;
 
     /// Our matmul against the dequantized weight's f32 matmul, for every kernel this CPU has.
@@ -405,7 +360,7 @@ mod tests {
                 quants: &xq.quants,
                 scales: &xq.scales,
                 sums: &sums,
-                padded: ours.padded,
+                cols: ours.padded,
             };
             let blocks = ours.padded / BLOCK;
             for r in [0, rows - 1] {
@@ -414,24 +369,18 @@ mod tests {
                     scales: &ours.scales[r * blocks..][..blocks],
                     offsets: &ours.offsets[r * blocks..][..blocks],
                 };
-                let mut portable = vec![0f32; m];
-                row_portable(&row, &acts, &mut portable);
-                let mut fast = vec![0f32; m];
-                row_fn()(&row, &acts, &mut fast);
+                let run = |f: RowFn| {
+                    let mut out = vec![0f32; m];
+                    f(&row, &acts, &mut out);
+                    out
+                };
+                let mut results = vec![("portable", run(row_portable)), ("fastest", run(row_fn()))];
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    let mut avx2 = vec![0f32; m];
-                    // SAFETY: AVX2 and FMA were detected just above.
-                    unsafe { row_avx2(&row, &acts, &mut avx2) };
-                    for (a, b) in avx2.iter().zip(&portable) {
-                        assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "avx2 {a} {b}");
-                    }
+                if has_avx2() {
+                    // SAFETY: this CPU has AVX2 and FMA (checked just above).
+                    results.push(("avx2", run(|w, x, out| unsafe { row_avx2(w, x, out) })));
                 }
-                for (a, b) in fast.iter().zip(&portable) {
-                    assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} {b}");
-                }
+                assert_agree(&results);
             }
         }
     }

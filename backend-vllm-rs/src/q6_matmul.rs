@@ -12,7 +12,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
 
-use crate::q8_rows::{BLOCK, Q8Rows};
+#[cfg(target_arch = "x86_64")]
+use crate::isa::hsum256;
+use crate::isa::{TILE, for_tiles, pick, weighted_sum};
+use crate::q8_rows::{Acts, BLOCK, Q8Rows};
 use crate::row_parallel::for_each_row;
 
 /// Values per scale.
@@ -24,8 +27,6 @@ const SUPER: usize = 256;
 const Q6_K_BYTES: usize = 210;
 /// The zero point of the unsigned 6-bit values.
 const ZERO: f32 = 32.0;
-/// Activation rows one pass over a weight row serves.
-const TILE: usize = 4;
 
 /// A Q6_K weight matrix, `(rows, cols)`, unpacked.
 #[derive(Debug)]
@@ -120,64 +121,30 @@ struct Row<'a> {
     scales: &'a [f32],
 }
 
-/// The quantized activation rows, each `cols` values.
-struct Acts<'a> {
-    quants: &'a [i8],
-    /// One per 32 values.
-    scales: &'a [f32],
-    /// Per 16 values, their block's scale times the sum of their quants.
-    sums: &'a [f32],
-    cols: usize,
-}
-
-impl Acts<'_> {
-    fn rows(&self) -> usize {
-        self.quants.len() / self.cols
-    }
-}
-
 /// Writes `out[i]` = weight row · activation row `i`, for every activation row.
 type RowFn = fn(&Row<'_>, &Acts<'_>, &mut [f32]);
 
 /// The fastest kernel this CPU runs.
+#[cfg(target_arch = "x86_64")]
 fn row_fn() -> RowFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |w, x, out| unsafe { row_avx512_vnni(w, x, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |w, x, out| unsafe { row_avx2(w, x, out) };
-        }
-    }
+    // SAFETY: `pick` returns this form only on a CPU with AVX-512 VNNI.
+    let vnni: RowFn = |w, x, out| unsafe { row_avx512_vnni(w, x, out) };
+    // SAFETY: `pick` returns this form only on a CPU with AVX2 and FMA.
+    let avx2: RowFn = |w, x, out| unsafe { row_avx2(w, x, out) };
+    pick(vnni, avx2, row_portable)
+}
+
+/// The only kernel elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+fn row_fn() -> RowFn {
     row_portable
 }
 
 /// The zero point's share of row `i`: `-32 Σ scale[j] * sums[j]`.
-// Inlined into each kernel, so it is vectorized with the kernel's instruction set.
 #[inline(always)]
 fn zero_point_dot(w: &Row<'_>, x: &Acts<'_>, i: usize) -> f32 {
     let subs = w.scales.len();
-    let sums = &x.sums[i * subs..][..subs];
-    // Eight partial sums, which the compiler keeps in one vector register.
-    let mut acc = [0f32; 8];
-    for (s, xs) in w.scales.chunks_exact(8).zip(sums.chunks_exact(8)) {
-        for lane in 0..8 {
-            acc[lane] += s[lane] * xs[lane];
-        }
-    }
-    let tail = subs / 8 * 8;
-    let rest: f32 = w.scales[tail..]
-        .iter()
-        .zip(&sums[tail..])
-        .map(|(s, xs)| s * xs)
-        .sum();
-    -ZERO * (acc.iter().sum::<f32>() + rest)
+    -ZERO * weighted_sum(w.scales, &x.sums[i * subs..][..subs])
 }
 
 fn row_portable(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
@@ -201,16 +168,10 @@ fn row_portable(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_avx2(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
-    let mut i = 0;
-    let rows = x.rows().min(out.len());
-    while i + TILE <= rows {
-        tile_avx2::<TILE>(w, x, i, &mut out[i..i + TILE]);
-        i += TILE;
-    }
-    while i < rows {
-        tile_avx2::<1>(w, x, i, &mut out[i..i + 1]);
-        i += 1;
-    }
+    for_tiles(out, x.rows(), |i, out| match out.len() {
+        TILE => tile_avx2::<TILE>(w, x, i, out),
+        _ => tile_avx2::<1>(w, x, i, out),
+    });
 }
 
 /// Activation rows `first..first + N` against one weight row, 32 values per step: `maddubs`
@@ -244,9 +205,7 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
             }
         }
         for (n, a) in acc.iter().enumerate() {
-            let v = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps::<1>(*a));
-            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-            let v = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+            let v = hsum256(*a);
             out[n] = v + zero_point_dot(w, x, first + n);
         }
     }
@@ -255,16 +214,10 @@ fn tile_avx2<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out: &mut 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn row_avx512_vnni(w: &Row<'_>, x: &Acts<'_>, out: &mut [f32]) {
-    let mut i = 0;
-    let rows = x.rows().min(out.len());
-    while i + TILE <= rows {
-        tile_avx512_vnni::<TILE>(w, x, i, &mut out[i..i + TILE]);
-        i += TILE;
-    }
-    while i < rows {
-        tile_avx512_vnni::<1>(w, x, i, &mut out[i..i + 1]);
-        i += 1;
-    }
+    for_tiles(out, x.rows(), |i, out| match out.len() {
+        TILE => tile_avx512_vnni::<TILE>(w, x, i, out),
+        _ => tile_avx512_vnni::<1>(w, x, i, out),
+    });
 }
 
 /// As [`tile_avx2`], 64 values per step: `vpdpbusd` gives four lanes per 16 values, scaled by
@@ -307,6 +260,7 @@ fn tile_avx512_vnni<const N: usize>(w: &Row<'_>, x: &Acts<'_>, first: usize, out
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa::testing::{assert_agree, has_avx2};
     use candle_core::Device;
 
     #[test]
@@ -341,24 +295,18 @@ mod tests {
                     quants: &ours.quants[r * cols..][..cols],
                     scales: &ours.scales[r * cols / SUB..][..cols / SUB],
                 };
-                let mut portable = vec![0f32; m];
-                row_portable(&row, &acts, &mut portable);
-                let mut fast = vec![0f32; m];
-                row_fn()(&row, &acts, &mut fast);
+                let run = |f: RowFn| {
+                    let mut out = vec![0f32; m];
+                    f(&row, &acts, &mut out);
+                    out
+                };
+                let mut results = vec![("portable", run(row_portable)), ("fastest", run(row_fn()))];
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    let mut avx2 = vec![0f32; m];
-                    // SAFETY: AVX2 and FMA were detected just above.
-                    unsafe { row_avx2(&row, &acts, &mut avx2) };
-                    for (a, b) in avx2.iter().zip(&portable) {
-                        assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "avx2 {a} {b}");
-                    }
+                if has_avx2() {
+                    // SAFETY: this CPU has AVX2 and FMA (checked just above).
+                    results.push(("avx2", run(|w, x, out| unsafe { row_avx2(w, x, out) })));
                 }
-                for (a, b) in fast.iter().zip(&portable) {
-                    assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} {b}");
-                }
+                assert_agree(&results);
             }
         }
         let other = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();

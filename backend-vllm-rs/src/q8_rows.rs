@@ -73,6 +73,26 @@ impl Q8Rows {
     }
 }
 
+/// Quantized activation rows as the integer kernels read them.
+pub struct Acts<'a> {
+    /// Rows of `cols` quants.
+    pub quants: &'a [i8],
+    /// One per 32 values.
+    pub scales: &'a [f32],
+    /// Per run of values that share a weight offset (see [`Q8Rows::sums`]), the run's scale
+    /// times the sum of its quants.
+    pub sums: &'a [f32],
+    /// Values per row.
+    pub cols: usize,
+}
+
+impl Acts<'_> {
+    /// Activation rows.
+    pub fn rows(&self) -> usize {
+        self.quants.len() / self.cols
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
