@@ -6,7 +6,8 @@
 //! of the default, contended >= 40% of quiet.
 //!
 //! Run: `cargo bench --profile dev --workspace --bench contention` (env `BENCH_THREADS`,
-//! `BENCH_ROUNDS`, `BENCH_HOGS`, `BENCH_WORKER_ENV`).
+//! `BENCH_ROUNDS`, `BENCH_HOGS`, `BENCH_WORKER_ENV`). `BENCH_BASELINE=PATH` also measures
+//! another build of the candle worker (an older commit) in the same run.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -119,9 +120,13 @@ async fn main() -> Result<()> {
         "model {}, {threads} threads, best of {rounds}, {hogs} busy processes when contended",
         model.display()
     );
+    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
     for env in &envs {
         measure(&llama, env, &model, threads, rounds, hogs).await?;
         measure(&ours, env, &model, threads, rounds, hogs).await?;
+        if let Some(baseline) = &baseline {
+            measure(baseline, env, &model, threads, rounds, hogs).await?;
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! (a handful of rows) reads each weight once and writes and re-reads it twice as wide: about
 //! three times the memory traffic the step needs. Here each weight row is read once, widened
 //! in registers (a bf16 is the top half of an f32) and dotted with every activation row, the
-//! rows split over candle's CPU threads. The dot product exists for AVX-512, AVX2+FMA and plain
+//! rows split over the worker's CPU pool. The dot product exists for AVX-512, AVX2+FMA and plain
 //! x86-64, picked at run time, so nothing shipped needs `target-cpu=native`.
 //!
 //! Prefill (many rows) is compute-bound, and there widening the weight once per call is

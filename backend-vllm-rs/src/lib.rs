@@ -10,6 +10,7 @@
 
 pub mod bf16_matmul;
 pub mod constrained;
+pub mod cpu_pool;
 pub mod engine;
 pub mod engine_thread;
 pub mod export;

@@ -41,6 +41,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The kernels run on this crate's pool (`cpu_pool`); candle's own pool would only spin
+    // beside it, so candle's few remaining parallel ops run on the calling thread.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let cli = WorkerCli::<Command>::parse_for(
         env!("CARGO_BIN_NAME"),
         "A LocalAI gRPC backend worker on candle (vLLM's options; GGUF files and Hugging Face folders).",

@@ -5,7 +5,7 @@
 //! chain of candle ops (matmul, mask, softmax, matmul, reshapes) per sequence per layer is, for
 //! a decode step, mostly copying and op overhead. Here one task per (sequence, up to 16 of its
 //! new tokens, KV head) reads each key and value row once for all the query heads that share
-//! it, on candle's CPU threads, with a plain softmax in f32.
+//! it, on the worker's CPU pool, with a plain softmax in f32.
 //!
 //! Each query row's result depends only on that row and the keys it sees, summed in position
 //! order: not on how many tokens were computed with it, nor on the other sequences of the
@@ -13,7 +13,7 @@
 //! its prompt was prefilled at once, in chunks, after a prefix-cache hit, or beside others.
 use std::ops::Range;
 
-use candle_core::utils::barrier_pool;
+use crate::cpu_pool::cpu_pool;
 
 use crate::isa::weighted_sum;
 use crate::row_parallel::SharedOut;
@@ -97,7 +97,7 @@ pub fn attend(
             })
         })
         .collect();
-    barrier_pool().execute_chunked(tasks.len(), |range| {
+    cpu_pool().run(tasks.len(), |range| {
         for task in &tasks[range] {
             // SAFETY: a task writes only its own tokens' rows, at the columns of the query
             // heads of its KV head; tasks' (rows, heads) are disjoint and the pool runs each

@@ -5,7 +5,7 @@
 //! widened to f32 once, at load, and the quants kept as one contiguous i8 matrix. Activations
 //! are quantized per 32-block as ggml does (scale = max |x| / 127), and each block's integer
 //! dot product is done with AVX-512 VNNI's or AVX2's byte multiply-adds (picked at run time; a
-//! portable loop elsewhere), weight rows split over candle's CPU threads.
+//! portable loop elsewhere), weight rows split over the worker's CPU pool.
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;

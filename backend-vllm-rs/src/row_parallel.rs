@@ -1,9 +1,6 @@
-//! Runs a kernel over the rows of a weight matrix on candle's CPU thread pool.
-//!
-//! The worker's own matmuls share the pool candle's quantized matmuls use, rather than a
-//! second one: a pool's threads spin for a while after each job, and two pools on the same
-//! cores would take turns spinning against each other's work.
-use candle_core::utils::barrier_pool;
+//! Runs a kernel over the rows of a weight matrix on the worker's CPU pool
+//! ([`crate::cpu_pool`]).
+use crate::cpu_pool::cpu_pool;
 
 /// An output buffer the pool's threads write disjoint parts of.
 #[derive(Clone, Copy)]
@@ -43,7 +40,7 @@ impl SharedOut {
 pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut by_row = vec![0f32; rows * m];
     let shared = SharedOut::new(&mut by_row);
-    barrier_pool().execute_chunked(rows, |range| {
+    cpu_pool().run(rows, |range| {
         for r in range {
             // SAFETY: the pool hands each row index to exactly one call, so the `m` elements
             // at `r * m` are written by one thread only, and `by_row` outlives the pool call.
