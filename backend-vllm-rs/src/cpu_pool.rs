@@ -26,6 +26,9 @@ struct Job<'a> {
     /// Items finished.
     done: AtomicUsize,
     panicked: AtomicBool,
+    /// Pool threads that may take part, and how many have come.
+    helpers: usize,
+    joined: AtomicUsize,
 }
 
 impl Job<'_> {
@@ -58,6 +61,8 @@ struct Shared {
     sleeping: AtomicUsize,
     /// Set when the pool is dropped: its threads end.
     closed: AtomicBool,
+    /// Pool threads a job may use (the model's `Threads` less the caller).
+    helpers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -79,6 +84,7 @@ impl CpuPool {
             inside: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            helpers: AtomicUsize::new(usize::MAX),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -103,21 +109,33 @@ impl CpuPool {
         }
     }
 
+    /// Uses at most `threads` threads per job, the caller's included (at least the caller).
+    pub fn set_threads(&self, threads: usize) {
+        self.shared
+            .helpers
+            .store(threads.saturating_sub(1), Ordering::Relaxed);
+    }
+
     /// Calls `run` on ranges covering `0..items` exactly once each, on this thread and the
     /// pool's, and returns when all have returned. A panic in `run` panics here.
     pub fn run(&self, items: usize, run: impl Fn(Range<usize>) + Sync) {
+        let helpers = self
+            .threads
+            .min(self.shared.helpers.load(Ordering::Relaxed));
         let guard = match self.busy.try_lock() {
-            Ok(guard) if self.threads > 0 && items > 1 => guard,
+            Ok(guard) if helpers > 0 && items > 1 => guard,
             _ => return run(0..items),
         };
         let job = Job {
             run: &run,
             items,
             // Several chunks a thread, so a thread that runs late takes a smaller share.
-            chunk: items.div_ceil(4 * (self.threads + 1)).max(1),
+            chunk: items.div_ceil(4 * (helpers + 1)).max(1),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
+            helpers,
+            joined: AtomicUsize::new(0),
         };
         let shared = &*self.shared;
         shared
@@ -192,10 +210,12 @@ fn serve(shared: &Shared) {
         seen = shared.generation.load(Ordering::SeqCst);
         shared.inside.fetch_add(1, Ordering::SeqCst);
         let job = shared.job.load(Ordering::SeqCst) as *const Job<'static>;
-        if !job.is_null() {
-            // SAFETY: the caller keeps the job alive until no thread that may have read this
-            // pointer is still counted in `inside` (see `CpuPool::run`).
-            unsafe { (*job).work() };
+        // SAFETY: the caller keeps the job alive until no thread that may have read this
+        // pointer is still counted in `inside` (see `CpuPool::run`).
+        if let Some(job) = unsafe { job.as_ref() }
+            && job.joined.fetch_add(1, Ordering::Relaxed) < job.helpers
+        {
+            job.work();
         }
         shared.inside.fetch_sub(1, Ordering::SeqCst);
     }
@@ -249,6 +269,29 @@ mod tests {
             sum.fetch_add(range.sum::<usize>(), Ordering::Relaxed);
         });
         assert_eq!(sum.load(Ordering::Relaxed), 4950);
+    }
+
+    #[test]
+    fn a_job_uses_no_more_threads_than_set() {
+        let pool = CpuPool::new(3);
+        // The most threads any one of ten jobs ran on.
+        let count = |pool: &CpuPool| {
+            (0..10)
+                .map(|_| {
+                    let seen = Mutex::new(std::collections::HashSet::new());
+                    pool.run(64, |_| {
+                        seen.lock().unwrap().insert(std::thread::current().id());
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    });
+                    seen.into_inner().unwrap().len()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        pool.set_threads(1);
+        assert_eq!(count(&pool), 1, "the caller alone");
+        pool.set_threads(2);
+        assert_eq!(count(&pool), 2);
     }
 
     #[test]

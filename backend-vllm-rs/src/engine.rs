@@ -91,6 +91,8 @@ pub struct CandlePlan {
     kv_blocks: usize,
     /// How Embedding pools, `None` when the model was loaded without `Embeddings`.
     embeddings: Option<Pooling>,
+    /// CPU threads of the kernels (`Threads`).
+    threads: u32,
 }
 
 fn internal(e: ModelError) -> EngineError {
@@ -286,6 +288,7 @@ impl Engine for CandleEngine {
             core,
             kv_blocks,
             embeddings,
+            threads: request.threads,
         })
     }
 
@@ -299,6 +302,7 @@ impl Engine for CandleEngine {
             core,
             kv_blocks,
             embeddings,
+            threads,
         } = plan;
         let config = prepared.config.clone();
         let weights = match reader {
@@ -343,6 +347,8 @@ impl Engine for CandleEngine {
         let vocab = model.config().vocab;
         let engine = EngineThread::start(model, kv, scheduler, tokenizer.clone())
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
+        // One model per process: its `Threads` holds for every kernel from now on.
+        crate::cpu_pool::cpu_pool().set_threads(threads as usize);
         let loaded = CandleModel {
             engine,
             tokenizer,
