@@ -288,22 +288,6 @@ impl KvCache {
         }
         Ok(())
     }
-
-    /// The first `keys` positions of one layer's keys or values through `table`,
-    /// `(kv_heads, keys, head_dim)`: a view when the blocks are consecutive, else gathered.
-    fn read(&self, cache: &Tensor, keys: usize, table: &[u32]) -> Result<Tensor> {
-        let bs = self.block_size;
-        let used = &table[..keys.div_ceil(bs)];
-        let consecutive = used.windows(2).all(|w| w[1] == w[0] + 1);
-        if consecutive {
-            return Ok(cache.narrow(1, used[0] as usize * bs, keys)?);
-        }
-        let rows: Vec<u32> = (0..keys)
-            .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
-            .collect();
-        let rows = Tensor::from_vec(rows, keys, cache.device())?;
-        Ok(cache.index_select(&rows, 1)?)
-    }
 }
 
 /// Block size of [`SingleSequence`]'s cache.
@@ -599,6 +583,7 @@ impl Model {
         let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?.squeeze(0)?;
         let v = v.reshape((total, kv_heads, hd))?;
         let (k_cache, v_cache) = &kv.layers[index];
+        let mut items = Vec::with_capacity(batch.len());
         let mut offset = 0;
         for item in batch {
             let n = item.tokens.len();
@@ -606,29 +591,13 @@ impl Model {
             let new_v = v.narrow(0, offset, n)?.transpose(0, 1)?;
             kv.write(k_cache, &new_k, item.start, item.block_table)?;
             kv.write(v_cache, &new_v, item.start, item.block_table)?;
-            offset += n;
-        }
-        // On the CPU, in place through the block tables (`paged_attention`); elsewhere each
-        // item's keys and values are gathered.
-        if !self.device.is_cpu() || k_cache.dtype() != DType::F32 {
-            let mut outputs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for item in batch {
-                outputs.push(self.attend_gathered(kv, k_cache, v_cache, &q, item, offset)?);
-                offset += item.tokens.len();
-            }
-            return layer.o.forward(&Tensor::cat(&outputs, 0)?);
-        }
-        let mut items = Vec::with_capacity(batch.len());
-        let mut offset = 0;
-        for item in batch {
             items.push(paged_attention::Item {
                 first: offset,
-                n: item.tokens.len(),
+                n,
                 start: item.start,
                 table: item.block_table,
             });
-            offset += item.tokens.len();
+            offset += n;
         }
         let shape = paged_attention::Shape {
             heads,
@@ -644,7 +613,7 @@ impl Model {
         let (v_storage, v_layout) = v_cache.storage_and_layout();
         let (Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*k_storage, &*v_storage) else {
             return Err(ModelError(candle_core::Error::Msg(
-                "the KV cache is not in CPU memory".into(),
+                "attention reads the KV cache in CPU memory only".into(),
             )));
         };
         let keys = &k_cpu.as_slice::<f32>()?[k_layout.start_offset()..];
@@ -652,52 +621,6 @@ impl Model {
         paged_attention::attend(shape, &queries, keys, values, &items, &mut out);
         let out = Tensor::from_vec(out, (total, heads * hd), &self.device)?;
         layer.o.forward(&out)
-    }
-
-    /// Attention of one item whose keys and values are gathered out of the cache into
-    /// tensors: `(n, heads * head_dim)`. `q` holds every item's queries, this one's at rows
-    /// `offset..offset + n`.
-    fn attend_gathered(
-        &self,
-        kv: &KvCache,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
-        q: &Tensor,
-        item: &BatchItem<'_>,
-        offset: usize,
-    ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let group = heads / kv_heads;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let (n, start) = (item.tokens.len(), item.start);
-        let keys = start + n;
-        let k_all = kv.read(k_cache, keys, item.block_table)?;
-        let v_all = kv.read(v_cache, keys, item.block_table)?;
-        // Heads sharing a KV head are stacked as rows: (kv_heads, group * n, hd).
-        let q_seq = q
-            .narrow(0, offset, n)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((kv_heads, group * n, hd))?;
-        let scores = (q_seq.matmul(&k_all.t()?)? * scale)?;
-        let windowed = cfg.sliding_window.is_some_and(|w| keys > w);
-        let scores = if n > 1 || windowed {
-            let mask = causal_mask(n, start, cfg.sliding_window, &self.device)?
-                .to_dtype(scores.dtype())?;
-            scores
-                .reshape((kv_heads, group, n, keys))?
-                .broadcast_add(&mask)?
-                .reshape((kv_heads, group * n, keys))?
-        } else {
-            scores
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        Ok(probs
-            .matmul(&v_all)?
-            .reshape((heads, n, hd))?
-            .transpose(0, 1)?
-            .reshape((n, heads * hd))?)
     }
 }
 
@@ -710,25 +633,6 @@ fn matmul_bytes(m: &QMatMul) -> u64 {
         QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
         QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor_bytes(t),
     }
-}
-
-/// `(n, start + n)`: 0 where query `i` (at position `start + i`) may see key `j`, -inf after
-/// it and, with a sliding `window`, `window` or more positions before it.
-fn causal_mask(n: usize, start: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let keys = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..keys).map(move |j| {
-                let p = start + i;
-                if j > p || window.is_some_and(|w| p - j >= w) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (n, keys), device)?)
 }
 
 /// Cosine and sine of every position's rotation angles, `(positions, head_dim / 2)`.
@@ -761,24 +665,4 @@ fn rope_tables(
         Tensor::from_vec(cos, (positions, half), device)?,
         Tensor::from_vec(sin, (positions, half), device)?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mask_lets_each_query_see_its_past() {
-        let m = causal_mask(2, 3, None, &Device::Cpu).unwrap();
-        let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
-        assert_eq!(rows[0][..4], [0.0; 4]);
-        assert!(rows[0][4].is_infinite());
-        assert_eq!(rows[1], vec![0.0; 5]);
-        // A window of 2: each query sees itself and the key before it.
-        let m = causal_mask(2, 3, Some(2), &Device::Cpu).unwrap();
-        let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
-        let seen = |row: &Vec<f32>| row.iter().map(|v| v.is_finite()).collect::<Vec<_>>();
-        assert_eq!(seen(&rows[0]), [false, false, true, true, false]);
-        assert_eq!(seen(&rows[1]), [false, false, false, true, true]);
-    }
 }
