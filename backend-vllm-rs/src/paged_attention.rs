@@ -14,7 +14,6 @@
 use std::ops::Range;
 
 use crate::cpu_pool::cpu_pool;
-
 use crate::isa::weighted_sum;
 use crate::row_parallel::SharedOut;
 

@@ -99,7 +99,7 @@ fn a_batch_at_different_positions_equals_separate_runs() -> Result<()> {
     }
     // Together, in one paged cache of blocks of 4: both prompts in one batch, then both next
     // tokens in one batch, plus a third sequence joining mid-way with its whole prompt. The
-    // block tables interleave, so keys are gathered across blocks that are not adjacent.
+    // block tables interleave, so keys are read through blocks that are not adjacent.
     let kv = model.kv_cache(48, 4)?;
     let table = |first: u32| (0..16).map(|i| first + 3 * i).collect::<Vec<u32>>();
     let (a, b, c) = (table(0), table(1), table(2));
