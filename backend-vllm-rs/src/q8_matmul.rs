@@ -10,6 +10,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use crate::isa::{hsum256, pick};
 use crate::q8_rows::{BLOCK, Q8Rows};
 use crate::row_parallel::for_each_row;
 
@@ -92,21 +94,18 @@ impl Q8Weight {
 type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
 
 /// The fastest block dot product this CPU runs.
+#[cfg(target_arch = "x86_64")]
 fn dot_fn() -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |wq, ws, xq, xs| unsafe { dot_avx512_vnni(wq, ws, xq, xs) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features the function enables were detected on this CPU just above.
-            return |wq, ws, xq, xs| unsafe { dot_avx2(wq, ws, xq, xs) };
-        }
-    }
+    // SAFETY: `pick` returns this form only on a CPU with AVX-512 VNNI.
+    let vnni: DotFn = |wq, ws, xq, xs| unsafe { dot_avx512_vnni(wq, ws, xq, xs) };
+    // SAFETY: `pick` returns this form only on a CPU with AVX2 and FMA.
+    let avx2: DotFn = |wq, ws, xq, xs| unsafe { dot_avx2(wq, ws, xq, xs) };
+    pick(vnni, avx2, dot_portable)
+}
+
+/// The only dot product elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+fn dot_fn() -> DotFn {
     dot_portable
 }
 
@@ -158,10 +157,10 @@ fn dot_avx2(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
             acc[0] = block(b, acc[0]);
             b += 1;
         }
-        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let v = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
+        hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
     }
 }
 
