@@ -324,7 +324,7 @@ impl Engine for LlamaEngine {
 
 impl LoadedModel for LlamaLoaded {
     fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<i32>, EngineError> {
-        Ok(tokenize(&self.model, text, add_bos)
+        Ok(tokenize(&self.model, text, add_bos)?
             .into_iter()
             .map(|t| t.0)
             .collect())
@@ -450,7 +450,7 @@ impl LoadedModel for LlamaLoaded {
                         .into(),
                 ));
             }
-            EmbedInput::Text(text) => tokenize(&self.model, text, true),
+            EmbedInput::Text(text) => tokenize(&self.model, text, true)?,
             EmbedInput::Tokens(ids) => {
                 let n_vocab = self.model.n_vocab();
                 if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= n_vocab) {
@@ -537,6 +537,12 @@ fn special_tokens(model: &LlamaModel) -> SpecialTokens {
 
 /// Tokenizes with special tokens parsed (`<|im_start|>` written in a prompt is one token);
 /// BOS is added when asked and the model uses one.
-fn tokenize(model: &LlamaModel, text: &str, add_bos: bool) -> Vec<LlamaToken> {
-    model.vocab().tokenize(text.as_bytes(), add_bos, true)
+fn tokenize(model: &LlamaModel, text: &str, add_bos: bool) -> Result<Vec<LlamaToken>, EngineError> {
+    let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, true);
+    match crate::ffi_guard::take_exception() {
+        Some(thrown) => Err(EngineError::InvalidArgument(format!(
+            "llama.cpp could not tokenize the text: {thrown}"
+        ))),
+        None => Ok(tokens),
+    }
 }

@@ -11,6 +11,7 @@ use backend_common::cli::{RenderArgs, WorkerCli};
 use backend_common::engine::EngineError;
 
 mod engine;
+mod ffi_guard;
 mod sampler;
 mod scheduler;
 mod settings;

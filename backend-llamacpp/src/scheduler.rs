@@ -34,6 +34,8 @@ use backend_common::engine::{
     GenerationStats, TokenLogprob,
 };
 
+use crate::ffi_guard;
+
 /// What a running request hears from the decode loop.
 #[derive(Debug)]
 pub enum Event {
@@ -484,15 +486,19 @@ impl<'m> DecodeLoop<'m> {
             return;
         }
         if let Err(e) = self.ctx.decode(&mut self.batch) {
-            tracing::warn!(error = %e, "decode failed; failing the requests in this batch");
+            let thrown = ffi_guard::take_exception();
+            let error = || match &thrown {
+                Some(thrown) => {
+                    EngineError::Internal(format!("llama.cpp failed to decode: {thrown}"))
+                }
+                None => EngineError::ResourceExhausted(format!(
+                    "llama.cpp could not decode ({e}); the KV cache is full"
+                )),
+            };
+            tracing::warn!(error = %error(), "decode failed; failing the requests in this batch");
             for i in 0..self.slots.len() {
                 if self.slots[i].is_some() {
-                    self.fail(
-                        i,
-                        EngineError::ResourceExhausted(format!(
-                            "llama.cpp could not decode ({e}); the KV cache is full"
-                        )),
-                    );
+                    self.fail(i, error());
                 }
             }
             return;
@@ -549,24 +555,43 @@ impl<'m> DecodeLoop<'m> {
     }
 
     fn sample(&mut self, index: usize, row: i32) {
-        if let Some(finish) = self.sample_slot(index, row) {
-            self.finish(index, finish);
+        match self.sample_slot(index, row) {
+            Ok(Some(finish)) => self.finish(index, finish),
+            Ok(None) => {}
+            Err(error) => self.fail(index, error),
         }
     }
 
     /// Samples one slot's next token and sends it; says how the slot ends, if it does.
-    fn sample_slot(&mut self, index: usize, row: i32) -> Option<FinishReason> {
+    fn sample_slot(&mut self, index: usize, row: i32) -> Result<Option<FinishReason>, EngineError> {
         let model = self.model;
-        let slot = self.slots[index].as_mut()?;
+        let Some(slot) = self.slots[index].as_mut() else {
+            return Ok(None);
+        };
         let Task::Generate { request, sampler } = &mut slot.job.task else {
-            return None;
+            return Ok(None);
         };
         let token = sampler.sample(&self.ctx, row);
+        if token.0 < 0 {
+            // The guard caught an exception: llama.cpp has no token for this row.
+            let thrown = ffi_guard::take_exception().unwrap_or_default();
+            if request.grammar.is_some() || request.tool_call.is_some() {
+                // The grammar rejected every candidate (it is complete and `ignore_eos`
+                // bans the end, or a lazy grammar's trigger fired on text it cannot parse):
+                // the output so far is the answer, and the sampler, whose grammar is now
+                // spent, goes with the slot.
+                tracing::warn!(slot = index, %thrown, "the grammar admits no next token; ending the generation");
+                return Ok(Some(FinishReason::Eos));
+            }
+            return Err(EngineError::Internal(format!(
+                "llama.cpp failed to sample: {thrown}"
+            )));
+        }
         slot.first_token.get_or_insert_with(Instant::now);
         slot.generated += 1;
         let vocab = model.vocab();
         if vocab.is_eog(token) && !request.ignore_eos {
-            return Some(FinishReason::Eos);
+            return Ok(Some(FinishReason::Eos));
         }
         let logprob = request
             .logprobs
@@ -578,30 +603,32 @@ impl<'m> DecodeLoop<'m> {
             logprob,
         });
         if slot.job.events.send(event).is_err() {
-            return Some(FinishReason::Stopped);
+            return Ok(Some(FinishReason::Stopped));
         }
         let at_limit = request.max_tokens.is_some_and(|max| slot.generated >= max);
         if at_limit {
-            return Some(FinishReason::Length);
+            return Ok(Some(FinishReason::Length));
         }
         if slot.pos as u32 >= self.config.context_per_slot {
             if !self.config.context_shift {
-                return Some(FinishReason::Length);
+                return Ok(Some(FinishReason::Length));
             }
             let (pos, index) = (slot.pos, index as u32);
             match shift_context(&mut self.ctx, index, pos) {
                 Some(discarded) => {
                     tracing::debug!(slot = index, discarded, "context shifted");
-                    let slot = self.slots[index as usize].as_mut()?;
-                    slot.pos -= discarded;
-                    slot.shifted = true;
+                    if let Some(slot) = self.slots[index as usize].as_mut() {
+                        slot.pos -= discarded;
+                        slot.shifted = true;
+                    }
                 }
-                None => return Some(FinishReason::Length),
+                None => return Ok(Some(FinishReason::Length)),
             }
         }
-        let slot = self.slots[index].as_mut()?;
-        slot.next_input = Some(token);
-        None
+        if let Some(slot) = self.slots[index].as_mut() {
+            slot.next_input = Some(token);
+        }
+        Ok(None)
     }
 
     fn finish(&mut self, index: usize, finish: FinishReason) {
