@@ -5,9 +5,10 @@
 //! exactly the tokens asked for on the last chunk), tokens/s, resident memory before and after
 //! (target: within 5%), and how long after the last stream Status said READY (target: <= 1 s).
 //!
-//! "Before" is taken after a warm-up of the same load for a tenth of the time (at least 20 s):
-//! the KV cache is allocated at load but its pages become resident only as sequences first
-//! write them, which is the cache filling, not a leak; what grows after that is.
+//! "Before" is taken after a warm-up of the same load for a tenth of the time (at least 20 s),
+//! so that buffers sized by the load (the allocator's per-thread arenas, the llama worker's
+//! slots) are in it; what grows after that is what the run leaks or accumulates. (Both
+//! workers reserve their KV cache at load.)
 //!
 //! Run: `cargo bench --workspace --bench soak` (env `BENCH_SOAK_SECS`, default 300;
 //! `BENCH_STREAMS`, default 64; `BENCH_THREADS`). backend-llamacpp must be built in the same

@@ -252,7 +252,8 @@ impl Engine for CandleEngine {
         let total = backend_common::host::machine_memory();
         let budget = total.map(|t| (t as f64 * settings.memory_utilization) as u64);
         let weights = prepared.weight_bytes;
-        let kv_bytes = core.kv_bytes(budget, weights);
+        let sequence_bytes = max_len as u64 * config.kv_bytes_per_token(CPU_COMPUTE_DTYPE);
+        let kv_bytes = core.kv_bytes(budget, weights, sequence_bytes);
         let block_bytes = KvCache::block_bytes(config, CPU_COMPUTE_DTYPE, core.block_size);
         let kv_blocks = (kv_bytes / block_bytes) as usize;
         if let (Some(total), Some(budget)) = (total, budget)

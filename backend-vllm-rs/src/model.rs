@@ -20,10 +20,12 @@ use std::ops::Range;
 
 use candle_core::quantized::QMatMul;
 
+use crate::cpu_pool::cpu_pool;
 use crate::paged_attention;
 use crate::q4_matmul::Q4Weight;
 use crate::q6_matmul::Q6Weight;
 use crate::q8_matmul::Q8Weight;
+use crate::row_parallel::SharedOut;
 use candle_core::{DType, Device, Module, Storage, Tensor};
 
 /// A failure inside the tensor code.
@@ -243,8 +245,13 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache of `blocks` blocks of `block_size` positions for `config`, zeroed (memory is
-    /// committed by the OS as blocks are first written).
+    /// A cache of `blocks` blocks of `block_size` positions for `config`, zeroed.
+    ///
+    /// An f32 cache is written once here so that the OS commits all of it now: the cache is
+    /// reserved at load, as vLLM and llama.cpp reserve theirs, and the worker's resident size
+    /// after loading is what it keeps under any load. (Left to the OS, it was committed page
+    /// by page as blocks were first written, and grew towards the whole budget as the prefix
+    /// cache kept finished prompts.)
     pub fn new(
         config: &ModelConfig,
         dtype: DType,
@@ -253,13 +260,14 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self> {
         let shape = (config.kv_heads, blocks * block_size, config.head_dim);
+        let zeros = || match dtype {
+            DType::F32 => {
+                Tensor::from_vec(committed_zeros(shape.0 * shape.1 * shape.2), shape, device)
+            }
+            _ => Tensor::zeros(shape, dtype, device),
+        };
         let layers = (0..config.layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
-            })
+            .map(|_| Ok((zeros()?, zeros()?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache {
             layers,
@@ -288,6 +296,26 @@ impl KvCache {
         }
         Ok(())
     }
+}
+
+/// `n` zeros in memory the OS has committed: one write per page, on the CPU pool.
+fn committed_zeros(n: usize) -> Vec<f32> {
+    const PER_PAGE: usize = 4096 / std::mem::size_of::<f32>();
+    let mut values = vec![0f32; n];
+    let shared = SharedOut::new(&mut values);
+    cpu_pool().run(n.div_ceil(PER_PAGE), |pages| {
+        let start = pages.start * PER_PAGE;
+        let end = (pages.end * PER_PAGE).min(n);
+        // SAFETY: the pool hands each page to one call only, and `values` outlives the run.
+        let part = unsafe { shared.slice(start, end - start) };
+        for value in part.iter_mut().step_by(PER_PAGE) {
+            // Volatile: the allocator's memory is known to be zero, so a plain store of zero
+            // could be dropped, and the page with it.
+            // SAFETY: `value` is a valid, exclusive reference.
+            unsafe { std::ptr::write_volatile(value, 0.0) };
+        }
+    });
+    values
 }
 
 /// Block size of [`SingleSequence`]'s cache.

@@ -36,9 +36,15 @@ pub const DEFAULT_MAX_NUM_SEQS: usize = 256;
 /// the running streams for seconds.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: usize = 256;
 
-/// KV cache on the CPU when `kv_cache_memory` is not given: vLLM's CPU backend default
+/// Most KV cache on the CPU when `kv_cache_memory` is not given: vLLM's CPU backend default
 /// (`VLLM_CPU_KVCACHE_SPACE` unset means 4 GiB), within `gpu_memory_utilization`.
 pub const DEFAULT_CPU_KV_BYTES: u64 = 4 << 30;
+
+/// Sequences of the full model length the default KV cache holds (up to
+/// [`DEFAULT_CPU_KV_BYTES`]). The cache is reserved at load, so its default follows what a
+/// CPU serves well (aggregate decode on a few cores stops growing past about 8 streams)
+/// rather than reserving gigabytes for a small model.
+pub const DEFAULT_KV_SEQUENCES: u64 = 8;
 
 /// The compute dtype for weights saved in `saved` when `asked` was requested.
 pub fn resolve_dtype(asked: DType, saved: candle_core::DType) -> candle_core::DType {
@@ -128,12 +134,15 @@ impl CoreSettings {
         })
     }
 
-    /// Bytes of KV cache to allocate: `kv_cache_memory`, else the CPU default within what
-    /// `budget` (the share of memory weights and KV may take) leaves after `weights`.
-    pub fn kv_bytes(&self, budget: Option<u64>, weights: u64) -> u64 {
-        self.kv_cache_bytes.unwrap_or_else(|| match budget {
-            Some(budget) => budget.saturating_sub(weights).min(DEFAULT_CPU_KV_BYTES),
-            None => DEFAULT_CPU_KV_BYTES,
+    /// Bytes of KV cache to allocate: `kv_cache_memory`, else room for
+    /// [`DEFAULT_KV_SEQUENCES`] sequences of `sequence_bytes` each, within the CPU default
+    /// and what `budget` (the share of memory weights and KV may take) leaves after `weights`.
+    pub fn kv_bytes(&self, budget: Option<u64>, weights: u64, sequence_bytes: u64) -> u64 {
+        self.kv_cache_bytes.unwrap_or_else(|| {
+            let default = sequence_bytes
+                .saturating_mul(DEFAULT_KV_SEQUENCES)
+                .min(DEFAULT_CPU_KV_BYTES);
+            budget.map_or(default, |b| b.saturating_sub(weights).min(default))
         })
     }
 }
@@ -223,11 +232,17 @@ mod tests {
                 kv_cache_bytes: None,
             }
         );
+        // Eight sequences of 1 GiB would be 8 GiB: the CPU default caps it.
         assert_eq!(
-            s.core.kv_bytes(Some(10 << 30), 1 << 30),
+            s.core.kv_bytes(Some(10 << 30), 1 << 30, 1 << 30),
             DEFAULT_CPU_KV_BYTES
         );
-        assert_eq!(s.core.kv_bytes(Some(3 << 30), 1 << 30), 2 << 30);
+        assert_eq!(s.core.kv_bytes(Some(3 << 30), 1 << 30, 1 << 30), 2 << 30);
+        // Eight sequences of 50 MiB: 400 MiB, not the whole CPU default.
+        assert_eq!(
+            s.core.kv_bytes(Some(10 << 30), 1 << 30, 50 << 20),
+            400 << 20
+        );
     }
 
     #[test]
@@ -275,7 +290,7 @@ mod tests {
                 kv_cache_bytes: Some(1 << 20),
             }
         );
-        assert_eq!(s.core.kv_bytes(Some(1 << 40), 0), 1 << 20);
+        assert_eq!(s.core.kv_bytes(Some(1 << 40), 0, 1 << 30), 1 << 20);
         assert_eq!(with_options(&["parallel:4"]).unwrap().core.max_num_seqs, 4);
         for (bad, needle) in [
             ("max_num_seqs:0", "between 1 and"),
