@@ -46,20 +46,28 @@ pub fn pick<F>(avx512_vnni: F, avx2: F, portable: F) -> F {
 /// Activation rows one pass over a weight row serves.
 pub const TILE: usize = 4;
 
-/// Calls `tile(first, outputs)` over the first `rows` activation rows' outputs: tiles of
-/// [`TILE`] rows, then one by one.
+/// Calls `tile(first, n)` over activation rows `0..rows`: tiles of `n` = [`TILE`] rows, then
+/// one by one.
 #[inline(always)]
-pub fn for_tiles(out: &mut [f32], rows: usize, mut tile: impl FnMut(usize, &mut [f32])) {
-    let rows = rows.min(out.len());
+pub fn act_tiles(rows: usize, mut tile: impl FnMut(usize, usize)) {
     let mut i = 0;
     while i + TILE <= rows {
-        tile(i, &mut out[i..i + TILE]);
+        tile(i, TILE);
         i += TILE;
     }
     while i < rows {
-        tile(i, &mut out[i..i + 1]);
+        tile(i, 1);
         i += 1;
     }
+}
+
+/// Calls `tile(first, outputs)` over the first `rows` activation rows' outputs, as
+/// [`act_tiles`] groups them.
+#[inline(always)]
+pub fn for_tiles(out: &mut [f32], rows: usize, mut tile: impl FnMut(usize, &mut [f32])) {
+    act_tiles(rows.min(out.len()), |first, n| {
+        tile(first, &mut out[first..first + n])
+    });
 }
 
 /// `Σ a[i] * b[i]` with eight partial sums, which the compiler keeps in one vector register of

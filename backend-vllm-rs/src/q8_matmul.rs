@@ -6,14 +6,22 @@
 //! are quantized per 32-block as ggml does (scale = max |x| / 127), and each block's integer
 //! dot product is done with AVX-512 VNNI's or AVX2's byte multiply-adds (picked at run time; a
 //! portable loop elsewhere), weight rows split over the worker's CPU pool.
+//!
+//! A batch of at least [`TILE`] activation rows (batched decode, prefill) takes a tiled
+//! kernel on AVX-512 VNNI: two weight rows against four activation rows a pass, so each
+//! weight load serves four rows and each activation load two, the next rows' weights
+//! prefetched. It gives every output bit for bit what the one-row kernel gives (see
+//! [`tile_avx512_vnni`]), so a sequence's logits still do not depend on the batch it is in.
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 use half::f16;
 
 #[cfg(target_arch = "x86_64")]
-use crate::isa::{hsum256, pick};
+use crate::isa::{TILE, act_tiles, hsum256, pick};
 use crate::q8_rows::{BLOCK, Q8Rows};
 use crate::row_parallel::for_each_row;
+#[cfg(target_arch = "x86_64")]
+use crate::row_parallel::for_each_rows;
 
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
@@ -72,6 +80,26 @@ impl Q8Weight {
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let xq = Q8Rows::quantize(&xs);
         let blocks = k / BLOCK;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiled) = tiled_fn().filter(|_| m >= TILE) {
+            let offsets = lane_offsets(&xq.quants);
+            let acts = Inputs {
+                quants: &xq.quants,
+                scales: &xq.scales,
+                lane_offsets: &offsets,
+                cols: k,
+            };
+            let out = for_each_rows(self.rows, ROWS, m, |r, out| {
+                let n = out.len() / m;
+                let rows = Rows {
+                    quants: &self.quants[r * k..][..n * k],
+                    scales: &self.scales[r * blocks..][..n * blocks],
+                    cols: k,
+                };
+                tiled(&rows, &acts, out);
+            });
+            return Tensor::from_vec(out, (m, self.rows), x.device());
+        }
         let dot = dot_fn();
         let out = for_each_row(self.rows, m, |r, out| {
             let (row_q, row_s) = (
@@ -89,6 +117,72 @@ impl Q8Weight {
         });
         Tensor::from_vec(out, (m, self.rows), x.device())
     }
+}
+
+/// Weight rows one pass of the tiled kernel serves (each against up to [`TILE`] activation
+/// rows).
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 2;
+
+/// Quantized activation rows, as the tiled kernel reads them.
+#[cfg(target_arch = "x86_64")]
+struct Inputs<'a> {
+    /// Rows of `cols` quants.
+    quants: &'a [i8],
+    /// One per block.
+    scales: &'a [f32],
+    /// For every run of four quants, -128 times their sum (see [`lane_offsets`]).
+    lane_offsets: &'a [i32],
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Inputs<'_> {
+    fn rows(&self) -> usize {
+        self.quants.len() / self.cols
+    }
+}
+
+/// -128 times the sum of every run of four quants. `vpdpbusd` sums the products of four
+/// unsigned and four signed bytes into each i32 lane; the tiled kernel's weights go in offset
+/// by 128, so a lane that starts from this value ends with the products of the weights
+/// themselves.
+#[cfg(target_arch = "x86_64")]
+fn lane_offsets(quants: &[i8]) -> Vec<i32> {
+    quants
+        .chunks_exact(4)
+        .map(|q| -128 * q.iter().map(|&v| v as i32).sum::<i32>())
+        .collect()
+}
+
+/// [`ROWS`] consecutive weight rows (one at the end of an odd matrix).
+#[cfg(target_arch = "x86_64")]
+struct Rows<'a> {
+    /// `count * cols` quants.
+    quants: &'a [i8],
+    /// `count * cols / 32` scales.
+    scales: &'a [f32],
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows<'_> {
+    fn count(&self) -> usize {
+        self.quants.len() / self.cols
+    }
+}
+
+/// Writes `out[r * m + i]` = weight row `r` · activation row `i`, for every weight row and
+/// every one of the `m` activation rows.
+#[cfg(target_arch = "x86_64")]
+type TiledFn = fn(&Rows<'_>, &Inputs<'_>, &mut [f32]);
+
+/// The tiled kernel, on a CPU that has one.
+#[cfg(target_arch = "x86_64")]
+fn tiled_fn() -> Option<TiledFn> {
+    // SAFETY: `pick` returns this form only on a CPU with AVX-512 VNNI.
+    let vnni: TiledFn = |w, x, out| unsafe { rows_avx512_vnni(w, x, out) };
+    pick(Some(vnni), None, None)
 }
 
 type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
@@ -215,6 +309,109 @@ fn dot_avx512_vnni(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     sum
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn rows_avx512_vnni(w: &Rows<'_>, x: &Inputs<'_>, out: &mut [f32]) {
+    act_tiles(x.rows(), |first, n| match (w.count(), n) {
+        (ROWS, TILE) => tile_avx512_vnni::<ROWS, TILE>(w, x, first, out),
+        (ROWS, _) => tile_avx512_vnni::<ROWS, 1>(w, x, first, out),
+        (_, TILE) => tile_avx512_vnni::<1, TILE>(w, x, first, out),
+        _ => tile_avx512_vnni::<1, 1>(w, x, first, out),
+    });
+}
+
+/// `R` weight rows against activation rows `first..first + N`: each weight pair of blocks
+/// loaded once for the `N` activation rows, each activation pair once for the `R` weight
+/// rows. Bit for bit what [`dot_avx512_vnni`] gives for each output: `vpdpbusd` multiplies
+/// unsigned by signed bytes, and here the weights go in offset by 128 (a flip of their top
+/// bit) with each lane starting from what takes the offset off again ([`lane_offsets`]), so
+/// the lanes hold the same exact integer sums as its sign trick gives; the scales, the
+/// even/odd accumulators and the odd last block follow it step by step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile_avx512_vnni<const R: usize, const N: usize>(
+    w: &Rows<'_>,
+    x: &Inputs<'_>,
+    first: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let m = x.rows();
+    let blocks = w.cols / BLOCK;
+    let pairs = blocks / 2;
+    // SAFETY: pair `p < pairs` reads bytes `64p..64p + 64` and scales `2p`, `2p + 1` of each
+    // of the `R` weight rows (`R <= count`), and of each activation row `first + n < m` the
+    // same and lane offsets `16p..16p + 16`.
+    unsafe {
+        let zero = _mm512_setzero_si512();
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let spread = |s: *const f32| {
+            _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(*s), _mm512_set1_ps(*s.add(1)))
+        };
+        let mut even = [[_mm512_setzero_ps(); N]; R];
+        let mut odd = [[_mm512_setzero_ps(); N]; R];
+        macro_rules! pair {
+            ($p:expr, $acc:ident) => {{
+                let p = $p;
+                let mut wv = [zero; R];
+                let mut ws = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let at = r * w.cols + 2 * BLOCK * p;
+                    // The same bytes of the rows the next pass takes (beyond the last row
+                    // the hint reads nothing).
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        w.quants.as_ptr().wrapping_add(at + R * w.cols).cast(),
+                    );
+                    let raw = _mm512_loadu_si512(w.quants.as_ptr().add(at).cast());
+                    wv[r] = _mm512_xor_si512(raw, flip);
+                    ws[r] = spread(w.scales.as_ptr().add(r * blocks + 2 * p));
+                }
+                for n in 0..N {
+                    let i = first + n;
+                    let at = i * x.cols + 2 * BLOCK * p;
+                    let xv = _mm512_loadu_si512(x.quants.as_ptr().add(at).cast());
+                    let start = _mm512_loadu_si512(x.lane_offsets.as_ptr().add(at / 4).cast());
+                    let xs = spread(x.scales.as_ptr().add(i * blocks + 2 * p));
+                    for r in 0..R {
+                        let dot = _mm512_dpbusd_epi32(start, wv[r], xv);
+                        // Lane by lane the product the sign-trick kernel forms in scalars.
+                        $acc[r][n] = _mm512_fmadd_ps(
+                            _mm512_mul_ps(ws[r], xs),
+                            _mm512_cvtepi32_ps(dot),
+                            $acc[r][n],
+                        );
+                    }
+                }
+            }};
+        }
+        let mut p = 0;
+        while p + 2 <= pairs {
+            pair!(p, even);
+            pair!(p + 1, odd);
+            p += 2;
+        }
+        if p < pairs {
+            pair!(p, even);
+        }
+        for (r, (even, odd)) in even.iter().zip(&odd).enumerate() {
+            for (n, (e, o)) in even.iter().zip(odd).enumerate() {
+                let i = first + n;
+                let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(*e, *o));
+                if blocks % 2 == 1 {
+                    let b = blocks - 1;
+                    sum += dot_portable(
+                        &w.quants[r * w.cols + b * BLOCK..][..BLOCK],
+                        &w.scales[r * blocks + b..][..1],
+                        &x.quants[i * x.cols + b * BLOCK..][..BLOCK],
+                        &x.scales[i * blocks + b..][..1],
+                    );
+                }
+                out[r * m + i] = sum;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +451,54 @@ mod tests {
         }
         let other = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
         assert!(Q8Weight::from_qtensor(&other).unwrap().is_none());
+    }
+
+    /// The per-row products of the batched path, for `m` activation rows.
+    fn by_dot(w: &Q8Weight, xq: &Q8Rows, m: usize) -> Vec<f32> {
+        let (k, blocks) = (w.cols, w.cols / BLOCK);
+        let mut out = vec![0f32; m * w.rows];
+        for r in 0..w.rows {
+            for i in 0..m {
+                out[i * w.rows + r] = dot_fn()(
+                    &w.quants[r * k..][..k],
+                    &w.scales[r * blocks..][..blocks],
+                    &xq.quants[i * k..][..k],
+                    &xq.scales[i * blocks..][..blocks],
+                );
+            }
+        }
+        out
+    }
+
+    /// A batch of at least a tile takes the tiled kernel where the CPU has it, and every
+    /// output is bit for bit what the one-row kernel gives: a row's result does not depend on
+    /// the batch it is in. Odd numbers of weight rows, of blocks and of activation rows.
+    #[test]
+    fn batches_give_each_row_what_it_gets_alone() {
+        let dev = Device::Cpu;
+        for cols in [96, 160, 896] {
+            let w = Tensor::randn(0f32, 1.0, (37, cols), &dev).unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let ours = Q8Weight::from_qtensor(&q).unwrap().unwrap();
+            for m in [4, 5, 8, 9] {
+                let x = Tensor::randn(0f32, 1.0, (m, cols), &dev).unwrap();
+                let got: Vec<f32> = ours
+                    .matmul(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let expected = by_dot(&ours, &Q8Rows::quantize(&xs), m);
+                for (j, (a, b)) in got.iter().zip(&expected).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "cols {cols}, m {m}, output {j}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }

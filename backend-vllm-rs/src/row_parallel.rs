@@ -38,13 +38,28 @@ impl SharedOut {
 /// Calls `kernel(r, out)` for every weight row `r < rows`, `out` being that row's `m` outputs
 /// (one per activation row), and returns the `(m, rows)` result row-major.
 pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    for_each_rows(rows, 1, m, kernel)
+}
+
+/// As [`for_each_row`], `step` weight rows a call: `kernel(r, out)` gets rows `r..r + n`
+/// (`n` is `step`, fewer at the end), `out` holding their outputs one row after the other.
+pub fn for_each_rows(
+    rows: usize,
+    step: usize,
+    m: usize,
+    kernel: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let step = step.max(1);
     let mut by_row = vec![0f32; rows * m];
     let shared = SharedOut::new(&mut by_row);
-    cpu_pool().run(rows, |range| {
-        for r in range {
-            // SAFETY: the pool hands each row index to exactly one call, so the `m` elements
-            // at `r * m` are written by one thread only, and `by_row` outlives the pool call.
-            let out = unsafe { shared.slice(r * m, m) };
+    cpu_pool().run(rows.div_ceil(step), |range| {
+        for chunk in range {
+            let r = chunk * step;
+            let n = step.min(rows - r);
+            // SAFETY: the pool hands each chunk index to exactly one call, so the `n * m`
+            // elements at `r * m` are written by one thread only, and `by_row` outlives the
+            // pool call.
+            let out = unsafe { shared.slice(r * m, n * m) };
             kernel(r, out);
         }
     });
@@ -87,5 +102,21 @@ pub(crate) mod tests {
             for_each_row(5, 1, |r, out| out[0] = r as f32),
             [0., 1., 2., 3., 4.]
         );
+    }
+
+    #[test]
+    fn rows_in_steps_cover_every_row_once() {
+        // Five rows two at a time: calls at 0, 2 and 4 (the last with one row).
+        let out = for_each_rows(5, 2, 3, |r, out| {
+            assert!(out.len() == 6 || (r == 4 && out.len() == 3));
+            for (j, o) in out.iter_mut().enumerate() {
+                *o += ((r + j / 3) * 10 + j % 3) as f32;
+            }
+        });
+        for i in 0..3 {
+            for r in 0..5 {
+                assert_eq!(out[i * 5 + r], (r * 10 + i) as f32);
+            }
+        }
     }
 }
