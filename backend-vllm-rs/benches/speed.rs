@@ -11,7 +11,9 @@
 //!    reads, over the copy bandwidth of a buffer larger than the caches. Target >= 60%.
 //!
 //! Run: `cargo bench -p backend-vllm-rs --bench speed` (env `BENCH_THREADS`, `BENCH_ROUNDS`).
-//! backend-llamacpp must be built in the same target directory (`cargo build --workspace`).
+//! backend-llamacpp must be built in the same target directory (`cargo build --workspace`);
+//! `BENCH_LLAMA=PATH` measures another build of it instead (e.g. the AVX-512 one from
+//! `make llama-variant-avx512 PROFILE=dev`).
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -160,10 +162,14 @@ async fn main() -> Result<()> {
     let gguf = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let (threads, rounds) = bench_settings(2);
     let ours_bin = PathBuf::from(env!("CARGO_BIN_EXE_backend-vllm-rs"));
-    let llama_bin = sibling_binary(&ours_bin, "backend-llamacpp")?;
+    let llama_bin = match std::env::var_os("BENCH_LLAMA") {
+        Some(path) => PathBuf::from(path),
+        None => sibling_binary(&ours_bin, "backend-llamacpp")?,
+    };
     println!(
-        "{}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}",
-        gguf.display()
+        "{}, {threads} threads, {NEW_TOKENS} new tokens, best of {rounds}; llama worker {}",
+        gguf.display(),
+        llama_bin.display()
     );
 
     compare_workers(&llama_bin, &ours_bin, &gguf, threads, rounds, 0.9).await?;
