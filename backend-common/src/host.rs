@@ -27,24 +27,3 @@ pub fn release_free_memory() {
 /// Other allocators return memory on their own.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
-
-/// Caps glibc's heaps at one per core unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
-/// threads up to eight heaps per core, and every heap keeps some of what was freed in it: a
-/// worker that loads and frees models on short-lived threads ended each Free holding several
-/// MiB more (the llama worker 10.8 MiB of anonymous memory after 50 load/Free cycles, 5.2 with
-/// one heap per core).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn limit_heaps() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let heaps = std::ffi::c_int::try_from(cores()).unwrap_or(std::ffi::c_int::MAX);
-    // SAFETY: mallopt only sets a glibc tunable, under glibc's own locks.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, heaps);
-    }
-}
-
-/// Other allocators have no such setting.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn limit_heaps() {}

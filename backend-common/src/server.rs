@@ -754,7 +754,6 @@ pub fn init_logging() {
 /// process that started it is gone ([`crate::parent_watch`]).
 pub fn run<E: Engine>(engine: E, args: &ServeArgs) -> ExitCode {
     init_logging();
-    crate::host::limit_heaps();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
