@@ -83,20 +83,19 @@ impl Q8Weight {
         #[cfg(target_arch = "x86_64")]
         if let Some(tiled) = tiled_fn().filter(|_| m >= TILE) {
             let offsets = lane_offsets(&xq.quants);
-            let acts = Inputs {
+            let acts = QuantRows {
                 quants: &xq.quants,
                 scales: &xq.scales,
-                lane_offsets: &offsets,
                 cols: k,
             };
             let out = for_each_rows(self.rows, ROWS, m, |r, out| {
                 let n = out.len() / m;
-                let rows = Rows {
+                let rows = QuantRows {
                     quants: &self.quants[r * k..][..n * k],
                     scales: &self.scales[r * blocks..][..n * blocks],
                     cols: k,
                 };
-                tiled(&rows, &acts, out);
+                tiled(&rows, &acts, &offsets, out);
             });
             return Tensor::from_vec(out, (m, self.rows), x.device());
         }
@@ -124,25 +123,6 @@ impl Q8Weight {
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 2;
 
-/// Quantized activation rows, as the tiled kernel reads them.
-#[cfg(target_arch = "x86_64")]
-struct Inputs<'a> {
-    /// Rows of `cols` quants.
-    quants: &'a [i8],
-    /// One per block.
-    scales: &'a [f32],
-    /// For every run of four quants, -128 times their sum (see [`lane_offsets`]).
-    lane_offsets: &'a [i32],
-    cols: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Inputs<'_> {
-    fn rows(&self) -> usize {
-        self.quants.len() / self.cols
-    }
-}
-
 /// -128 times the sum of every run of four quants. `vpdpbusd` sums the products of four
 /// unsigned and four signed bytes into each i32 lane; the tiled kernel's weights go in offset
 /// by 128, so a lane that starts from this value ends with the products of the weights
@@ -155,9 +135,10 @@ fn lane_offsets(quants: &[i8]) -> Vec<i32> {
         .collect()
 }
 
-/// [`ROWS`] consecutive weight rows (one at the end of an odd matrix).
+/// Consecutive rows of quants and their block scales, as the tiled kernel reads them: up to
+/// [`ROWS`] weight rows, or the quantized activation rows.
 #[cfg(target_arch = "x86_64")]
-struct Rows<'a> {
+struct QuantRows<'a> {
     /// `count * cols` quants.
     quants: &'a [i8],
     /// `count * cols / 32` scales.
@@ -166,22 +147,22 @@ struct Rows<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Rows<'_> {
+impl QuantRows<'_> {
     fn count(&self) -> usize {
         self.quants.len() / self.cols
     }
 }
 
 /// Writes `out[r * m + i]` = weight row `r` · activation row `i`, for every weight row and
-/// every one of the `m` activation rows.
+/// every one of the `m` activation rows, given the activations' [`lane_offsets`].
 #[cfg(target_arch = "x86_64")]
-type TiledFn = fn(&Rows<'_>, &Inputs<'_>, &mut [f32]);
+type TiledFn = fn(&QuantRows<'_>, &QuantRows<'_>, &[i32], &mut [f32]);
 
 /// The tiled kernel, on a CPU that has one.
 #[cfg(target_arch = "x86_64")]
 fn tiled_fn() -> Option<TiledFn> {
     // SAFETY: `pick` returns this form only on a CPU with AVX-512 VNNI.
-    let vnni: TiledFn = |w, x, out| unsafe { rows_avx512_vnni(w, x, out) };
+    let vnni: TiledFn = |w, x, offsets, out| unsafe { rows_avx512_vnni(w, x, offsets, out) };
     pick(Some(vnni), None, None)
 }
 
@@ -311,12 +292,12 @@ fn dot_avx512_vnni(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn rows_avx512_vnni(w: &Rows<'_>, x: &Inputs<'_>, out: &mut [f32]) {
-    act_tiles(x.rows(), |first, n| match (w.count(), n) {
-        (ROWS, TILE) => tile_avx512_vnni::<ROWS, TILE>(w, x, first, out),
-        (ROWS, _) => tile_avx512_vnni::<ROWS, 1>(w, x, first, out),
-        (_, TILE) => tile_avx512_vnni::<1, TILE>(w, x, first, out),
-        _ => tile_avx512_vnni::<1, 1>(w, x, first, out),
+fn rows_avx512_vnni(w: &QuantRows<'_>, x: &QuantRows<'_>, offsets: &[i32], out: &mut [f32]) {
+    act_tiles(x.count(), |first, n| match (w.count(), n) {
+        (ROWS, TILE) => tile_avx512_vnni::<ROWS, TILE>(w, x, offsets, first, out),
+        (ROWS, _) => tile_avx512_vnni::<ROWS, 1>(w, x, offsets, first, out),
+        (_, TILE) => tile_avx512_vnni::<1, TILE>(w, x, offsets, first, out),
+        _ => tile_avx512_vnni::<1, 1>(w, x, offsets, first, out),
     });
 }
 
@@ -330,13 +311,14 @@ fn rows_avx512_vnni(w: &Rows<'_>, x: &Inputs<'_>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn tile_avx512_vnni<const R: usize, const N: usize>(
-    w: &Rows<'_>,
-    x: &Inputs<'_>,
+    w: &QuantRows<'_>,
+    x: &QuantRows<'_>,
+    offsets: &[i32],
     first: usize,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let m = x.rows();
+    let m = x.count();
     let blocks = w.cols / BLOCK;
     let pairs = blocks / 2;
     // SAFETY: pair `p < pairs` reads bytes `64p..64p + 64` and scales `2p`, `2p + 1` of each
@@ -370,7 +352,7 @@ fn tile_avx512_vnni<const R: usize, const N: usize>(
                     let i = first + n;
                     let at = i * x.cols + 2 * BLOCK * p;
                     let xv = _mm512_loadu_si512(x.quants.as_ptr().add(at).cast());
-                    let start = _mm512_loadu_si512(x.lane_offsets.as_ptr().add(at / 4).cast());
+                    let start = _mm512_loadu_si512(offsets.as_ptr().add(at / 4).cast());
                     let xs = spread(x.scales.as_ptr().add(i * blocks + 2 * p));
                     for r in 0..R {
                         let dot = _mm512_dpbusd_epi32(start, wv[r], xv);
