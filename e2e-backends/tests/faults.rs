@@ -306,7 +306,9 @@ impl LoadedModel for ScriptModel {
         let prompt_tokens = request.prompt.len();
         let text = self.script(request)?;
         let limit = request.max_tokens.map_or(usize::MAX, |m| m as usize);
-        let chars: Vec<char> = if request.ignore_eos {
+        // IgnoreEOS generates past the end of the text, except where a grammar ends it (a
+        // grammar's text is all it admits).
+        let chars: Vec<char> = if request.ignore_eos && request.grammar.is_none() {
             text.chars().cycle().take(limit.min(4096)).collect()
         } else {
             text.chars().take(limit).collect()

@@ -247,7 +247,6 @@ pub async fn bad_input(ctx: &Context) -> Result<Verdict, CheckError> {
     for (what, request, code, names) in cases {
         expect_code(what, client.predict(request).await.err(), code, names)?;
     }
-    spent_grammar(&mut client).await?;
     over_the_size_limit(&client).await?;
     bad_loads(ctx, &mut client).await?;
     bad_load_fields(ctx, &mut client).await?;
@@ -441,27 +440,6 @@ async fn greedy(client: &mut Client, ctx: &Context) -> Result<Vec<u8>, CheckErro
         ..ctx.predict_options()
     };
     Ok(client.predict(request).await.rpc("Predict")?.message)
-}
-
-/// A Grammar that is complete after its text, with IgnoreEOS (which bans the end the grammar
-/// then requires), answers the grammar's text: nothing else can follow it. (llama.cpp's
-/// grammar sampler throws a C++ exception there, which aborted the llama worker.)
-async fn spent_grammar(client: &mut Client) -> Result<(), CheckError> {
-    let request = PredictOptions {
-        grammar: "root ::= \"yes\"".into(),
-        ignore_eos: true,
-        ..raw("Hi", 8)
-    };
-    let reply = client
-        .predict(request)
-        .await
-        .rpc("Predict with a Grammar that ends and IgnoreEOS")?;
-    ensure!(
-        reply.message == b"yes",
-        "a Grammar allowing only \"yes\", with IgnoreEOS, answered {:?}; want \"yes\"",
-        String::from_utf8_lossy(&reply.message)
-    );
-    Ok(())
 }
 
 /// A Predict request a little over the 50 MiB message limit is RESOURCE_EXHAUSTED (what gRPC's

@@ -26,8 +26,11 @@ fn constrained(prompt: &str, grammar: &str, tokens: i32) -> PredictOptions {
     }
 }
 
-/// The output is one of the grammar's answers; a grammar that does not parse is refused
-/// with INVALID_ARGUMENT and the worker still answers afterwards.
+/// The output is one of the grammar's answers; a grammar that is complete after its text,
+/// with IgnoreEOS (which bans the end the grammar then requires), answers that text (nothing
+/// else can follow it; llama.cpp's grammar sampler throws a C++ exception there, which
+/// aborted the llama worker); a grammar that does not parse is refused with INVALID_ARGUMENT
+/// and the worker still answers afterwards.
 pub async fn grammar(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let reply = client
@@ -43,6 +46,19 @@ pub async fn grammar(ctx: &Context) -> Result<Verdict, CheckError> {
     ensure!(
         answer == "yes" || answer == "no",
         "the grammar allows only \"yes\" or \"no\"; the output is {answer:?}"
+    );
+    let spent = PredictOptions {
+        ignore_eos: true,
+        ..constrained("Hi", r#"root ::= "yes""#, 8)
+    };
+    let reply = client
+        .predict(spent)
+        .await
+        .rpc("Predict with a grammar that ends, and IgnoreEOS")?;
+    ensure!(
+        reply.message == b"yes",
+        "a grammar allowing only \"yes\", with IgnoreEOS, answered {:?}; want \"yes\"",
+        String::from_utf8_lossy(&reply.message)
     );
     let invalid = client.predict(constrained("Hi", "root ::= (", 8)).await;
     match invalid {
