@@ -33,6 +33,17 @@ impl SharedOut {
         // SAFETY: in bounds (checked above); exclusivity and liveness are the caller's.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
+
+    /// Sets element `index` of the buffer.
+    ///
+    /// # Safety
+    /// As for [`SharedOut::slice`]: the buffer must still be alive, and no other thread may
+    /// read or write this element meanwhile.
+    pub unsafe fn write(self, index: usize, value: f32) {
+        assert!(index < self.len, "output element out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity and liveness are the caller's.
+        unsafe { *self.ptr.add(index) = value }
+    }
 }
 
 /// Calls `kernel(r, out)` for every weight row `r < rows`, `out` being that row's `m` outputs
@@ -43,6 +54,10 @@ pub fn for_each_row(rows: usize, m: usize, kernel: impl Fn(usize, &mut [f32]) + 
 
 /// As [`for_each_row`], `step` weight rows a call: `kernel(r, out)` gets rows `r..r + n`
 /// (`n` is `step`, fewer at the end), `out` holding their outputs one row after the other.
+///
+/// The pool's threads put their outputs in place in the `(m, rows)` result themselves, so
+/// the caller has no transposition to do after the kernels (with a batch, that serial pass
+/// over the output layer's `m * vocab` logits kept the other threads waiting).
 pub fn for_each_rows(
     rows: usize,
     step: usize,
@@ -50,28 +65,31 @@ pub fn for_each_rows(
     kernel: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let step = step.max(1);
-    let mut by_row = vec![0f32; rows * m];
-    let shared = SharedOut::new(&mut by_row);
+    let mut out = vec![0f32; rows * m];
+    let shared = SharedOut::new(&mut out);
     cpu_pool().run(rows.div_ceil(step), |range| {
+        let mut by_row = vec![0f32; step * m];
         for chunk in range {
             let r = chunk * step;
             let n = step.min(rows - r);
-            // SAFETY: the pool hands each chunk index to exactly one call, so the `n * m`
-            // elements at `r * m` are written by one thread only, and `by_row` outlives the
-            // pool call.
-            let out = unsafe { shared.slice(r * m, n * m) };
-            kernel(r, out);
+            let by_row = &mut by_row[..n * m];
+            if m == 1 {
+                // SAFETY: the pool hands each chunk index to exactly one call, so elements
+                // `r..r + n` are written by one thread only, and `out` outlives the pool call.
+                kernel(r, unsafe { shared.slice(r, n) });
+                continue;
+            }
+            by_row.fill(0.0);
+            kernel(r, by_row);
+            for (j, values) in by_row.chunks_exact(m).enumerate() {
+                for (i, v) in values.iter().enumerate() {
+                    // SAFETY: as above: element `i * rows + r + j` belongs to weight row
+                    // `r + j` of this chunk only.
+                    unsafe { shared.write(i * rows + r + j, *v) };
+                }
+            }
         }
     });
-    if m == 1 {
-        return by_row;
-    }
-    let mut out = vec![0f32; rows * m];
-    for (r, values) in by_row.chunks_exact(m).enumerate() {
-        for (i, v) in values.iter().enumerate() {
-            out[i * rows + r] = *v;
-        }
-    }
     out
 }
 
