@@ -315,6 +315,9 @@ impl Engine for CandleEngine {
                 .map_err(|e| invalid_model(&path)(e.to_string()))?,
         };
         let model = Model::new(config, weights, max_len, &self.device).map_err(internal)?;
+        // What converting and stacking the weights freed goes back to the system before the
+        // cache is reserved, so the load's peak is the weights and the cache, not those too.
+        backend_common::host::release_free_memory();
         let kv = model
             .kv_cache(kv_blocks, core.block_size)
             .map_err(internal)?;

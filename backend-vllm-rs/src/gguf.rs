@@ -16,7 +16,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::model::{Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, Weights};
+use crate::model::{Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, Projections, Weights};
 use crate::tokenizer::VocabSpec;
 
 /// A GGUF file could not be used.
@@ -362,25 +362,29 @@ impl GgufFile {
             };
             layers.push(Layer {
                 attn_norm: self.dense(&format!("{p}.attn_norm.weight"), device)?,
-                q: self.rope_matmul(
-                    &format!("{p}.attn_q.weight"),
-                    config.arch,
-                    config.heads,
-                    device,
-                )?,
-                k: self.rope_matmul(
-                    &format!("{p}.attn_k.weight"),
-                    config.arch,
-                    config.kv_heads,
-                    device,
-                )?,
-                v: self.matmul(&format!("{p}.attn_v.weight"), device)?,
+                qkv: Projections::new(vec![
+                    self.rope_matmul(
+                        &format!("{p}.attn_q.weight"),
+                        config.arch,
+                        config.heads,
+                        device,
+                    )?,
+                    self.rope_matmul(
+                        &format!("{p}.attn_k.weight"),
+                        config.arch,
+                        config.kv_heads,
+                        device,
+                    )?,
+                    self.matmul(&format!("{p}.attn_v.weight"), device)?,
+                ]),
                 qkv_bias,
                 qk_norm,
                 o: self.matmul(&format!("{p}.attn_output.weight"), device)?,
                 ffn_norm: self.dense(&format!("{p}.ffn_norm.weight"), device)?,
-                gate: self.matmul(&format!("{p}.ffn_gate.weight"), device)?,
-                up: self.matmul(&format!("{p}.ffn_up.weight"), device)?,
+                gate_up: Projections::new(vec![
+                    self.matmul(&format!("{p}.ffn_gate.weight"), device)?,
+                    self.matmul(&format!("{p}.ffn_up.weight"), device)?,
+                ]),
                 down: self.matmul(&format!("{p}.ffn_down.weight"), device)?,
             });
         }

@@ -16,7 +16,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, SUPPORTED_ARCHS, Weights};
+use crate::model::{
+    Arch, CPU_COMPUTE_DTYPE, Layer, Linear, ModelConfig, Projections, SUPPORTED_ARCHS, Weights,
+};
 
 /// A Hugging Face folder could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -371,18 +373,22 @@ impl HfFolder {
             };
             layers.push(Layer {
                 attn_norm: load(&format!("{p}.input_layernorm.weight"), &[hidden])?,
-                q: dense(&attn("q_proj.weight"), &[q_rows, hidden])?,
-                k: dense(&attn("k_proj.weight"), &[kv_rows, hidden])?,
-                v: dense(&attn("v_proj.weight"), &[kv_rows, hidden])?,
+                qkv: Projections::new(vec![
+                    dense(&attn("q_proj.weight"), &[q_rows, hidden])?,
+                    dense(&attn("k_proj.weight"), &[kv_rows, hidden])?,
+                    dense(&attn("v_proj.weight"), &[kv_rows, hidden])?,
+                ]),
                 qkv_bias,
                 qk_norm,
                 o: dense(&attn("o_proj.weight"), &[hidden, q_rows])?,
                 ffn_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
-                gate: dense(
-                    &format!("{p}.mlp.gate_proj.weight"),
-                    &[intermediate, hidden],
-                )?,
-                up: dense(&format!("{p}.mlp.up_proj.weight"), &[intermediate, hidden])?,
+                gate_up: Projections::new(vec![
+                    dense(
+                        &format!("{p}.mlp.gate_proj.weight"),
+                        &[intermediate, hidden],
+                    )?,
+                    dense(&format!("{p}.mlp.up_proj.weight"), &[intermediate, hidden])?,
+                ]),
                 down: dense(
                     &format!("{p}.mlp.down_proj.weight"),
                     &[hidden, intermediate],

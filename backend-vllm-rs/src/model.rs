@@ -177,6 +177,39 @@ impl Linear {
         })
     }
 
+    /// Output rows, for this crate's kernels' weights.
+    fn rows(&self) -> Option<usize> {
+        match self {
+            Linear::Q8(w) => Some(w.rows()),
+            Linear::Q4(w) => Some(w.rows()),
+            Linear::Q6(w) => Some(w.rows()),
+            Linear::Candle(_) | Linear::Bf16(_) => None,
+        }
+    }
+
+    /// The rows of `parts` one under the other, as one weight, where all are of one kind of
+    /// this crate's kernels and of one width.
+    fn stack(parts: &[Linear]) -> Option<Linear> {
+        macro_rules! stack {
+            ($variant:ident, $weight:ty) => {{
+                let weights: Option<Vec<&$weight>> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Linear::$variant(w) => Some(w),
+                        _ => None,
+                    })
+                    .collect();
+                <$weight>::stack(&weights?).map(Linear::$variant)
+            }};
+        }
+        match parts.first()? {
+            Linear::Q8(_) => stack!(Q8, Q8Weight),
+            Linear::Q4(_) => stack!(Q4, Q4Weight),
+            Linear::Q6(_) => stack!(Q6, Q6Weight),
+            Linear::Candle(_) | Linear::Bf16(_) => None,
+        }
+    }
+
     /// Bytes of the weight.
     pub fn bytes(&self) -> u64 {
         match self {
@@ -189,16 +222,59 @@ impl Linear {
     }
 }
 
+/// Projections of one input (a layer's Q, K and V; its MLP gate and up) computed as one
+/// matmul where their weights stack (same kernel, same width): the input is then quantized
+/// once and the CPU pool run once, not once per projection. Each output is the same dot
+/// products either way.
+pub enum Projections {
+    /// One weight holding every projection's rows, and each projection's row count.
+    Stacked(Linear, Vec<usize>),
+    /// Weights of different kinds, each its own matmul.
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    /// `parts`, stacked where this crate's kernels run them all.
+    pub fn new(parts: Vec<Linear>) -> Self {
+        let rows: Option<Vec<usize>> = parts.iter().map(Linear::rows).collect();
+        match (Linear::stack(&parts), rows) {
+            (Some(weight), Some(rows)) => Projections::Stacked(weight, rows),
+            _ => Projections::Separate(parts),
+        }
+    }
+
+    /// Each projection of `x`, in the order given to [`Projections::new`].
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Stacked(weight, rows) => {
+                let all = weight.forward(x)?;
+                let mut start = 0;
+                let mut outs = Vec::with_capacity(rows.len());
+                for &n in rows {
+                    outs.push(all.narrow(1, start, n)?);
+                    start += n;
+                }
+                Ok(outs)
+            }
+            Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    /// Bytes of the weights.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Projections::Stacked(weight, _) => weight.bytes(),
+            Projections::Separate(parts) => parts.iter().map(Linear::bytes).sum(),
+        }
+    }
+}
+
 /// One decoder layer's weights.
 pub struct Layer {
     /// RMSNorm before attention.
     pub attn_norm: Tensor,
-    /// Query projection, rows in half-split RoPE order.
-    pub q: Linear,
-    /// Key projection, rows in half-split RoPE order.
-    pub k: Linear,
-    /// Value projection.
-    pub v: Linear,
+    /// Query, key and value projections, the first two's rows in half-split RoPE order.
+    pub qkv: Projections,
     /// Q/K/V biases (Qwen2).
     pub qkv_bias: Option<[Tensor; 3]>,
     /// Per-head RMSNorm weights of queries and keys (Qwen3).
@@ -207,10 +283,8 @@ pub struct Layer {
     pub o: Linear,
     /// RMSNorm before the MLP.
     pub ffn_norm: Tensor,
-    /// MLP gate projection.
-    pub gate: Linear,
-    /// MLP up projection.
-    pub up: Linear,
+    /// MLP gate and up projections.
+    pub gate_up: Projections,
     /// MLP down projection.
     pub down: Linear,
 }
@@ -455,10 +529,7 @@ impl Model {
         }
         total += tensor_bytes(&w.norm);
         for l in &w.layers {
-            total += [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                .into_iter()
-                .map(Linear::bytes)
-                .sum::<u64>();
+            total += l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes();
             total += tensor_bytes(&l.attn_norm) + tensor_bytes(&l.ffn_norm);
             let extra = l
                 .qkv_bias
@@ -548,8 +619,8 @@ impl Model {
             let attn = self.attention(kv, index, layer, &h, &cos, &sin, batch)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let [gate, up] = projections::<2>(layer.gate_up.forward(&h)?)?;
+            let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             x = (x + mlp)?;
         }
         let normed_rows = |rows: Vec<u32>| -> Result<Option<Tensor>> {
@@ -592,9 +663,7 @@ impl Model {
         let cfg = &self.config;
         let total = h.dim(0)?;
         let (hd, heads, kv_heads) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let mut q = layer.q.forward(h)?;
-        let mut k = layer.k.forward(h)?;
-        let mut v = layer.v.forward(h)?;
+        let [mut q, mut k, mut v] = projections::<3>(layer.qkv.forward(h)?)?;
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -652,6 +721,16 @@ impl Model {
     }
 }
 
+/// The `N` outputs of a layer's [`Projections`].
+fn projections<const N: usize>(outs: Vec<Tensor>) -> Result<[Tensor; N]> {
+    outs.try_into().map_err(|outs: Vec<Tensor>| {
+        ModelError(candle_core::Error::Msg(format!(
+            "{} projections where the layer has {N}",
+            outs.len()
+        )))
+    })
+}
+
 fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
@@ -693,4 +772,53 @@ fn rope_tables(
         Tensor::from_vec(cos, (positions, half), device)?,
         Tensor::from_vec(sin, (positions, half), device)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use std::sync::Arc;
+
+    fn quantized(rows: usize, dtype: GgmlDType) -> Arc<QTensor> {
+        let w = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
+        Arc::new(QTensor::quantize(&w, dtype).unwrap())
+    }
+
+    fn linear(t: &Arc<QTensor>) -> Linear {
+        Linear::new(QMatMul::QTensor(Arc::clone(t))).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Stacked projections give each projection exactly what its own matmul gives, for one
+    /// row and for a batch; weights of different kinds stay separate.
+    #[test]
+    fn stacked_projections_give_each_its_own_output() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let tensors: Vec<_> = [64, 32, 32].map(|rows| quantized(rows, dtype)).into();
+            let projections = Projections::new(tensors.iter().map(linear).collect());
+            assert!(
+                matches!(&projections, Projections::Stacked(_, rows) if rows == &[64, 32, 32]),
+                "{dtype:?}"
+            );
+            for m in [1, 5] {
+                let x = Tensor::randn(0f32, 1.0, (m, 256), &Device::Cpu).unwrap();
+                let outs = projections.forward(&x).unwrap();
+                assert_eq!(outs.len(), 3);
+                for (out, t) in outs.iter().zip(&tensors) {
+                    let alone = linear(t).forward(&x).unwrap();
+                    assert_eq!(bits(out), bits(&alone), "{dtype:?}, {m} rows");
+                }
+            }
+        }
+        let mixed = [GgmlDType::Q8_0, GgmlDType::Q4K].map(|dtype| linear(&quantized(32, dtype)));
+        assert!(matches!(
+            Projections::new(mixed.into()),
+            Projections::Separate(parts) if parts.len() == 2
+        ));
+    }
 }
