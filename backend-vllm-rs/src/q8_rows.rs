@@ -16,16 +16,7 @@ pub struct Q8Rows {
 impl Q8Rows {
     /// Quantizes `xs` (a whole number of blocks) with scale `max |x| / 127` per block.
     pub fn quantize(xs: &[f32]) -> Q8Rows {
-        let mut scales = Vec::with_capacity(xs.len() / BLOCK);
-        let mut quants = Vec::with_capacity(xs.len());
-        for block in xs.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-            scales.push(half::f16::from_f32(d).to_f32());
-            quants.extend(block.iter().map(|v| (v * inv).round() as i8));
-        }
-        Q8Rows { scales, quants }
+        quantize_fn()(xs)
     }
 
     /// `(m, cols)` rows, each zero-padded to `padded` values first (`padded` >= `cols`, both
@@ -73,6 +64,77 @@ impl Q8Rows {
     }
 }
 
+/// [`Q8Rows::quantize`] in the form this CPU runs fastest: it is on the forward pass's
+/// critical path (every matmul's input, while the CPU pool waits), and the portable form
+/// rounds and converts one value at a time.
+fn quantize_fn() -> fn(&[f32]) -> Q8Rows {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `pick` returns this form only on a CPU with AVX-512.
+        let avx512: fn(&[f32]) -> Q8Rows = |xs| unsafe { quantize_avx512(xs) };
+        crate::isa::pick(avx512, quantize_portable, quantize_portable)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize_portable
+}
+
+/// Blocks of `xs` with scale `max |x| / 127`, `round_block(block, 1 / scale, quants)`
+/// writing each block's quants.
+#[inline(always)]
+fn quantize_with(xs: &[f32], round_block: impl Fn(&[f32], f32, &mut [i8; BLOCK])) -> Q8Rows {
+    let mut scales = Vec::with_capacity(xs.len() / BLOCK);
+    let mut quants = Vec::with_capacity(xs.len());
+    for block in xs.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+        scales.push(half::f16::from_f32(d).to_f32());
+        let mut q = [0i8; BLOCK];
+        round_block(block, inv, &mut q);
+        quants.extend_from_slice(&q);
+    }
+    Q8Rows { scales, quants }
+}
+
+/// Each value times `inv`, rounded half away from zero (`f32::round`).
+fn quantize_portable(xs: &[f32]) -> Q8Rows {
+    quantize_with(xs, |block, inv, q| {
+        for (q, v) in q.iter_mut().zip(block) {
+            *q = (v * inv).round() as i8;
+        }
+    })
+}
+
+/// As [`quantize_portable`], 16 values an instruction: rounding half away from zero is
+/// truncating `x + copysign(0.49999997, x)` (how LLVM itself lowers `f32::round` on x86);
+/// the rounded values are whole numbers within ±127, or NaN, which converts to `i32::MIN`
+/// and so to a 0 byte, as `NaN as i8` is.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantize_avx512(xs: &[f32]) -> Q8Rows {
+    use std::arch::x86_64::*;
+    quantize_with(xs, |block, inv, q| {
+        // SAFETY: 16-value halves of a 32-value block and of its 32 quants.
+        unsafe {
+            let sign = _mm512_set1_epi32(i32::MIN);
+            let almost_half = _mm512_castps_si512(_mm512_set1_ps(0.49999997));
+            for half in 0..2 {
+                let v = _mm512_mul_ps(
+                    _mm512_loadu_ps(block.as_ptr().add(16 * half)),
+                    _mm512_set1_ps(inv),
+                );
+                let nudge =
+                    _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(v), sign), almost_half);
+                let rounded = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
+                    _mm512_add_ps(v, _mm512_castsi512_ps(nudge)),
+                );
+                let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(rounded));
+                _mm_storeu_si128(q.as_mut_ptr().add(16 * half).cast(), bytes);
+            }
+        }
+    })
+}
+
 /// Quantized activation rows as the integer kernels read them.
 pub struct Acts<'a> {
     /// Rows of `cols` quants.
@@ -110,6 +172,25 @@ mod tests {
         assert_eq!(sums.len(), 6);
         let first: i32 = q.quants[16..32].iter().map(|&v| v as i32).sum();
         assert_eq!(sums[1], q.scales[0] * first as f32);
+        // The form this CPU runs gives the portable one's bits, ties (x.5) included.
+        // (Each block of `ties` has scale 1: its values are multiplied by exactly 1.)
+        let ties: Vec<f32> = (0..256)
+            .map(|i| match i % 32 {
+                0 => 127.0,
+                k => (i % 64 + k) as f32 - 40.5,
+            })
+            .collect();
+        // Magnitudes far apart, and blocks holding an infinity and a NaN.
+        let mut odd: Vec<f32> = (0..96)
+            .map(|i| (i as f32 * 1.37).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        odd[40] = f32::INFINITY;
+        odd[70] = f32::NAN;
+        for values in [&xs[..], &ties[..], &odd[..]] {
+            let (fast, portable) = (Q8Rows::quantize(values), quantize_portable(values));
+            assert_eq!(fast.quants, portable.quants);
+            assert_eq!(fast.scales, portable.scales);
+        }
         // Zero padding adds blocks of zeros with scale 0.
         let p = Q8Rows::quantize_padded(&xs[..64], 32, 64);
         assert_eq!(p.scales.len(), 4);
