@@ -260,6 +260,47 @@ impl Projections {
         }
     }
 
+    /// `silu(gate) * up` of a gate and an up projection (a gated MLP's activation). Stacked,
+    /// it is one pass over the matmul's output into the result, so a prefill chunk holds one
+    /// activation-sized buffer beside that output, not two (`silu(gate)`, then the product).
+    pub fn silu_gated(&self, x: &Tensor) -> Result<Tensor> {
+        let Projections::Stacked(weight, rows) = self else {
+            let [gate, up] = projections::<2>(self.forward(x)?)?;
+            return Ok((candle_nn::ops::silu(&gate)? * up)?);
+        };
+        let &[n, up_rows] = rows.as_slice() else {
+            return Err(shape_error(format!(
+                "{} projections for a gate and an up",
+                rows.len()
+            )));
+        };
+        if n != up_rows {
+            return Err(shape_error(format!(
+                "a gate of {n} rows and an up of {up_rows}"
+            )));
+        }
+        let both = weight.forward(x)?;
+        let m = both.dim(0)?;
+        let (storage, layout) = both.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(shape_error(
+                "the gated activation is computed in CPU memory only".into(),
+            ));
+        };
+        let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * 2 * n];
+        let mut out = Vec::with_capacity(m * n);
+        for row in values.chunks_exact(2 * n) {
+            let (gate, up) = row.split_at(n);
+            // candle's `silu` (x / (1 + e^-x)), then the product, value by value.
+            out.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+            );
+        }
+        Ok(Tensor::from_vec(out, (m, n), x.device())?)
+    }
+
     /// Bytes of the weights.
     pub fn bytes(&self) -> u64 {
         match self {
@@ -619,8 +660,7 @@ impl Model {
             let attn = self.attention(kv, index, layer, &h, &cos, &sin, batch)?;
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let [gate, up] = projections::<2>(layer.gate_up.forward(&h)?)?;
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            let mlp = layer.down.forward(&layer.gate_up.silu_gated(&h)?)?;
             x = (x + mlp)?;
         }
         let normed_rows = |rows: Vec<u32>| -> Result<Option<Tensor>> {
@@ -721,13 +761,17 @@ impl Model {
     }
 }
 
+fn shape_error(message: String) -> ModelError {
+    ModelError(candle_core::Error::Msg(message))
+}
+
 /// The `N` outputs of a layer's [`Projections`].
 fn projections<const N: usize>(outs: Vec<Tensor>) -> Result<[Tensor; N]> {
     outs.try_into().map_err(|outs: Vec<Tensor>| {
-        ModelError(candle_core::Error::Msg(format!(
+        shape_error(format!(
             "{} projections where the layer has {N}",
             outs.len()
-        )))
+        ))
     })
 }
 
@@ -814,6 +858,15 @@ mod tests {
                     assert_eq!(bits(out), bits(&alone), "{dtype:?}, {m} rows");
                 }
             }
+            // A gate and an up: the one-pass activation is candle's silu and product.
+            let tensors: Vec<_> = [48, 48].map(|rows| quantized(rows, dtype)).into();
+            let gate_up = Projections::new(tensors.iter().map(linear).collect());
+            assert!(matches!(gate_up, Projections::Stacked(..)), "{dtype:?}");
+            let x = Tensor::randn(0f32, 1.0, (5, 256), &Device::Cpu).unwrap();
+            let gate = linear(&tensors[0]).forward(&x).unwrap();
+            let up = linear(&tensors[1]).forward(&x).unwrap();
+            let expected = (candle_nn::ops::silu(&gate).unwrap() * up).unwrap();
+            assert_eq!(bits(&gate_up.silu_gated(&x).unwrap()), bits(&expected));
         }
         let mixed = [GgmlDType::Q8_0, GgmlDType::Q4K].map(|dtype| linear(&quantized(32, dtype)));
         assert!(matches!(

@@ -116,9 +116,21 @@ impl Q4Weight {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
             padded,
-            scales: parts.iter().flat_map(|p| &p.scales).copied().collect(),
-            offsets: parts.iter().flat_map(|p| &p.offsets).copied().collect(),
-            quants: parts.iter().flat_map(|p| &p.quants).copied().collect(),
+            scales: parts
+                .iter()
+                .map(|p| p.scales.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
+            offsets: parts
+                .iter()
+                .map(|p| p.offsets.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
+            quants: parts
+                .iter()
+                .map(|p| p.quants.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
         })
     }
 

@@ -98,8 +98,16 @@ impl Q6Weight {
         Some(Q6Weight {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
-            scales: parts.iter().flat_map(|p| &p.scales).copied().collect(),
-            quants: parts.iter().flat_map(|p| &p.quants).copied().collect(),
+            scales: parts
+                .iter()
+                .map(|p| p.scales.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
+            quants: parts
+                .iter()
+                .map(|p| p.quants.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
         })
     }
 
