@@ -293,24 +293,65 @@ impl GgufFile {
         matmul_form(t, name, device)
     }
 
-    /// A Q or K projection with llama.cpp's row permutation undone for Llama.
-    fn rope_matmul(
+    /// Projections of one input, each `(tensor name, heads)` (heads for a Q or K projection,
+    /// see [`Self::rope_tensor`]): stacked into one matmul where their blocks, once in their
+    /// fast form, are of one type and width, each its own matmul otherwise.
+    fn projections(
+        &mut self,
+        parts: &[(String, Option<usize>)],
+        arch: Arch,
+        device: &Device,
+    ) -> Result<Projections, GgufError> {
+        let mut tensors = Vec::with_capacity(parts.len());
+        for (name, heads) in parts {
+            let t = match heads {
+                Some(heads) => self.rope_tensor(name, arch, *heads, device)?,
+                None => self.tensor(name, device)?,
+            };
+            tensors.push(fast_form(t, name, device)?);
+        }
+        let linear = |t: QTensor, name: &str| {
+            QMatMul::from_qtensor(t)
+                .and_then(Linear::new)
+                .map_err(|e| GgufError::Tensor {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                })
+        };
+        match stack_rows(&tensors, device) {
+            Some(Ok((stacked, rows))) => {
+                Ok(Projections::Stacked(linear(stacked, &parts[0].0)?, rows))
+            }
+            Some(Err(e)) => Err(GgufError::Tensor {
+                name: parts[0].0.clone(),
+                reason: e.to_string(),
+            }),
+            None => tensors
+                .into_iter()
+                .zip(parts)
+                .map(|(t, (name, _))| linear(t, name))
+                .collect::<Result<_, _>>()
+                .map(Projections::Separate),
+        }
+    }
+
+    /// Tensor `name` of a Q or K projection, its rows in half-split RoPE order (llama.cpp's
+    /// row permutation undone for Llama).
+    fn rope_tensor(
         &mut self,
         name: &str,
         arch: Arch,
         heads: usize,
         device: &Device,
-    ) -> Result<Linear, GgufError> {
+    ) -> Result<QTensor, GgufError> {
         let t = self.tensor(name, device)?;
-        let t = if arch.gguf_permutes_qk() {
-            unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
-                name: name.to_string(),
-                reason,
-            })?
-        } else {
-            t
-        };
-        matmul_form(t, name, device)
+        if !arch.gguf_permutes_qk() {
+            return Ok(t);
+        }
+        unpermute_rows(&t, heads, device).map_err(|reason| GgufError::Tensor {
+            name: name.to_string(),
+            reason,
+        })
     }
 
     /// Reads every weight of the model described by `config`.
@@ -362,29 +403,27 @@ impl GgufFile {
             };
             layers.push(Layer {
                 attn_norm: self.dense(&format!("{p}.attn_norm.weight"), device)?,
-                qkv: Projections::new(vec![
-                    self.rope_matmul(
-                        &format!("{p}.attn_q.weight"),
-                        config.arch,
-                        config.heads,
-                        device,
-                    )?,
-                    self.rope_matmul(
-                        &format!("{p}.attn_k.weight"),
-                        config.arch,
-                        config.kv_heads,
-                        device,
-                    )?,
-                    self.matmul(&format!("{p}.attn_v.weight"), device)?,
-                ]),
+                qkv: self.projections(
+                    &[
+                        (format!("{p}.attn_q.weight"), Some(config.heads)),
+                        (format!("{p}.attn_k.weight"), Some(config.kv_heads)),
+                        (format!("{p}.attn_v.weight"), None),
+                    ],
+                    config.arch,
+                    device,
+                )?,
                 qkv_bias,
                 qk_norm,
                 o: self.matmul(&format!("{p}.attn_output.weight"), device)?,
                 ffn_norm: self.dense(&format!("{p}.ffn_norm.weight"), device)?,
-                gate_up: Projections::new(vec![
-                    self.matmul(&format!("{p}.ffn_gate.weight"), device)?,
-                    self.matmul(&format!("{p}.ffn_up.weight"), device)?,
-                ]),
+                gate_up: self.projections(
+                    &[
+                        (format!("{p}.ffn_gate.weight"), None),
+                        (format!("{p}.ffn_up.weight"), None),
+                    ],
+                    config.arch,
+                    device,
+                )?,
                 down: self.matmul(&format!("{p}.ffn_down.weight"), device)?,
             });
         }
@@ -410,18 +449,55 @@ fn needs_fast_form(dtype: GgmlDType) -> bool {
 /// The matmul of `t` (see [`Linear::new`]); Q5_0 becomes Q8_0 (AVX2 and AVX-512 kernels) with identical values,
 /// its 5-bit integers fitting Q8_0's 8 under the same scale.
 fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<Linear, GgufError> {
-    let tensor_error = |reason: String| GgufError::Tensor {
+    QMatMul::from_qtensor(fast_form(t, name, device)?)
+        .and_then(Linear::new)
+        .map_err(|e| GgufError::Tensor {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// `t` in the block type it is multiplied in (Q5_0 as Q8_0, see [`matmul_form`]).
+fn fast_form(t: QTensor, name: &str, device: &Device) -> Result<QTensor, GgufError> {
+    if !needs_fast_form(t.dtype()) {
+        return Ok(t);
+    }
+    q5_0_as_q8_0(&t, device).map_err(|reason| GgufError::Tensor {
         name: name.to_string(),
         reason,
+    })
+}
+
+/// The rows of `parts` one under the other, as one tensor, with each part's row count; `None`
+/// unless all are matrices of one block type and width (their rows are then whole blocks,
+/// stored one after the other, so the stacked bytes are the parts' bytes in turn).
+fn stack_rows(
+    parts: &[QTensor],
+    device: &Device,
+) -> Option<candle_core::Result<(QTensor, Vec<usize>)>> {
+    let dims: Option<Vec<(usize, usize)>> = parts.iter().map(|t| t.shape().dims2().ok()).collect();
+    let dims = dims?;
+    let (dtype, cols) = (parts.first()?.dtype(), dims.first()?.1);
+    if parts
+        .iter()
+        .zip(&dims)
+        .any(|(t, d)| t.dtype() != dtype || d.1 != cols)
+    {
+        return None;
+    }
+    let stacked = || {
+        let mut bytes = Vec::new();
+        for t in parts {
+            bytes.extend_from_slice(&t.data()?);
+        }
+        let rows: Vec<usize> = dims.iter().map(|d| d.0).collect();
+        let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+        Ok((
+            QTensor::new(storage, (rows.iter().sum::<usize>(), cols))?,
+            rows,
+        ))
     };
-    let t = if needs_fast_form(t.dtype()) {
-        q5_0_as_q8_0(&t, device).map_err(tensor_error)?
-    } else {
-        t
-    };
-    QMatMul::from_qtensor(t)
-        .and_then(Linear::new)
-        .map_err(|e| tensor_error(e.to_string()))
+    Some(stacked())
 }
 
 /// Bytes of a Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.
@@ -507,6 +583,61 @@ pub fn unpermute_rows(t: &QTensor, heads: usize, device: &Device) -> Result<QTen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Stacked projections give each projection exactly what its own matmul gives (the
+    /// types this crate's kernels take, Q5_0 re-encoded, and one candle multiplies), for one
+    /// row and for a batch; a stacked gate and up give candle's silu and product; tensors of
+    /// different types are not stacked.
+    #[test]
+    fn stacked_projections_give_each_its_own_output() {
+        let device = Device::Cpu;
+        let quantized = |rows: usize, dtype: GgmlDType| {
+            let w = Tensor::randn(0f32, 1.0, (rows, 256), &device).unwrap();
+            fast_form(QTensor::quantize(&w, dtype).unwrap(), "w", &device).unwrap()
+        };
+        let linear = |t: QTensor| Linear::new(QMatMul::from_qtensor(t).unwrap()).unwrap();
+        let stacked = |parts: &[QTensor]| {
+            let (t, rows) = stack_rows(parts, &device).unwrap().unwrap();
+            Projections::Stacked(linear(t), rows)
+        };
+        let batches = [1, 5].map(|m| Tensor::randn(0f32, 1.0, (m, 256), &device).unwrap());
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q4_0,
+        ] {
+            let parts: Vec<QTensor> = [64, 32, 32].map(|rows| quantized(rows, dtype)).into();
+            let projections = stacked(&parts);
+            assert!(matches!(&projections, Projections::Stacked(_, rows) if rows == &[64, 32, 32]));
+            let alone: Vec<Linear> = parts.into_iter().map(linear).collect();
+            for x in &batches {
+                let outs = projections.forward(x).unwrap();
+                assert_eq!(outs.len(), 3);
+                for (out, one) in outs.iter().zip(&alone) {
+                    assert_eq!(bits(out), bits(&one.forward(x).unwrap()), "{dtype:?}");
+                }
+            }
+            let parts: Vec<QTensor> = [48, 48].map(|rows| quantized(rows, dtype)).into();
+            let gate_up = stacked(&parts);
+            let mut alone = parts.into_iter().map(linear);
+            let (gate, up) = (alone.next().unwrap(), alone.next().unwrap());
+            for x in &batches {
+                let expected = candle_nn::ops::silu(&gate.forward(x).unwrap()).unwrap()
+                    * up.forward(x).unwrap();
+                let got = gate_up.silu_gated(x).unwrap();
+                assert_eq!(bits(&got), bits(&expected.unwrap()), "{dtype:?}");
+            }
+        }
+        let mixed = [GgmlDType::Q8_0, GgmlDType::Q4K].map(|dtype| quantized(32, dtype));
+        assert!(stack_rows(&mixed, &device).is_none());
+    }
 
     #[test]
     fn q5_0_becomes_q8_0_with_the_same_values() {

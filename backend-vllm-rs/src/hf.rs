@@ -373,7 +373,7 @@ impl HfFolder {
             };
             layers.push(Layer {
                 attn_norm: load(&format!("{p}.input_layernorm.weight"), &[hidden])?,
-                qkv: Projections::new(vec![
+                qkv: Projections::Separate(vec![
                     dense(&attn("q_proj.weight"), &[q_rows, hidden])?,
                     dense(&attn("k_proj.weight"), &[kv_rows, hidden])?,
                     dense(&attn("v_proj.weight"), &[kv_rows, hidden])?,
@@ -382,7 +382,7 @@ impl HfFolder {
                 qk_norm,
                 o: dense(&attn("o_proj.weight"), &[hidden, q_rows])?,
                 ffn_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
-                gate_up: Projections::new(vec![
+                gate_up: Projections::Separate(vec![
                     dense(
                         &format!("{p}.mlp.gate_proj.weight"),
                         &[intermediate, hidden],

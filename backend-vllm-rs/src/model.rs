@@ -177,39 +177,6 @@ impl Linear {
         })
     }
 
-    /// Output rows, for this crate's kernels' weights.
-    fn rows(&self) -> Option<usize> {
-        match self {
-            Linear::Q8(w) => Some(w.rows()),
-            Linear::Q4(w) => Some(w.rows()),
-            Linear::Q6(w) => Some(w.rows()),
-            Linear::Candle(_) | Linear::Bf16(_) => None,
-        }
-    }
-
-    /// The rows of `parts` one under the other, as one weight, where all are of one kind of
-    /// this crate's kernels and of one width.
-    fn stack(parts: &[Linear]) -> Option<Linear> {
-        macro_rules! stack {
-            ($variant:ident, $weight:ty) => {{
-                let weights: Option<Vec<&$weight>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        Linear::$variant(w) => Some(w),
-                        _ => None,
-                    })
-                    .collect();
-                <$weight>::stack(&weights?).map(Linear::$variant)
-            }};
-        }
-        match parts.first()? {
-            Linear::Q8(_) => stack!(Q8, Q8Weight),
-            Linear::Q4(_) => stack!(Q4, Q4Weight),
-            Linear::Q6(_) => stack!(Q6, Q6Weight),
-            Linear::Candle(_) | Linear::Bf16(_) => None,
-        }
-    }
-
     /// Bytes of the weight.
     pub fn bytes(&self) -> u64 {
         match self {
@@ -223,9 +190,9 @@ impl Linear {
 }
 
 /// Projections of one input (a layer's Q, K and V; its MLP gate and up) computed as one
-/// matmul where their weights stack (same kernel, same width): the input is then quantized
-/// once and the CPU pool run once, not once per projection. Each output is the same dot
-/// products either way.
+/// matmul where their weights stack (GGUF blocks of one type and width, see
+/// [`crate::gguf`]): the input is then quantized once and the CPU pool run once, not once per
+/// projection. Each output is the same dot products either way.
 pub enum Projections {
     /// One weight holding every projection's rows, and each projection's row count.
     Stacked(Linear, Vec<usize>),
@@ -234,16 +201,7 @@ pub enum Projections {
 }
 
 impl Projections {
-    /// `parts`, stacked where this crate's kernels run them all.
-    pub fn new(parts: Vec<Linear>) -> Self {
-        let rows: Option<Vec<usize>> = parts.iter().map(Linear::rows).collect();
-        match (Linear::stack(&parts), rows) {
-            (Some(weight), Some(rows)) => Projections::Stacked(weight, rows),
-            _ => Projections::Separate(parts),
-        }
-    }
-
-    /// Each projection of `x`, in the order given to [`Projections::new`].
+    /// Each projection of `x`, in order.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match self {
             Projections::Stacked(weight, rows) => {
@@ -816,62 +774,4 @@ fn rope_tables(
         Tensor::from_vec(cos, (positions, half), device)?,
         Tensor::from_vec(sin, (positions, half), device)?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use std::sync::Arc;
-
-    fn quantized(rows: usize, dtype: GgmlDType) -> Arc<QTensor> {
-        let w = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
-        Arc::new(QTensor::quantize(&w, dtype).unwrap())
-    }
-
-    fn linear(t: &Arc<QTensor>) -> Linear {
-        Linear::new(QMatMul::QTensor(Arc::clone(t))).unwrap()
-    }
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        values.iter().map(|v| v.to_bits()).collect()
-    }
-
-    /// Stacked projections give each projection exactly what its own matmul gives, for one
-    /// row and for a batch; weights of different kinds stay separate.
-    #[test]
-    fn stacked_projections_give_each_its_own_output() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
-            let tensors: Vec<_> = [64, 32, 32].map(|rows| quantized(rows, dtype)).into();
-            let projections = Projections::new(tensors.iter().map(linear).collect());
-            assert!(
-                matches!(&projections, Projections::Stacked(_, rows) if rows == &[64, 32, 32]),
-                "{dtype:?}"
-            );
-            for m in [1, 5] {
-                let x = Tensor::randn(0f32, 1.0, (m, 256), &Device::Cpu).unwrap();
-                let outs = projections.forward(&x).unwrap();
-                assert_eq!(outs.len(), 3);
-                for (out, t) in outs.iter().zip(&tensors) {
-                    let alone = linear(t).forward(&x).unwrap();
-                    assert_eq!(bits(out), bits(&alone), "{dtype:?}, {m} rows");
-                }
-            }
-            // A gate and an up: the one-pass activation is candle's silu and product.
-            let tensors: Vec<_> = [48, 48].map(|rows| quantized(rows, dtype)).into();
-            let gate_up = Projections::new(tensors.iter().map(linear).collect());
-            assert!(matches!(gate_up, Projections::Stacked(..)), "{dtype:?}");
-            let x = Tensor::randn(0f32, 1.0, (5, 256), &Device::Cpu).unwrap();
-            let gate = linear(&tensors[0]).forward(&x).unwrap();
-            let up = linear(&tensors[1]).forward(&x).unwrap();
-            let expected = (candle_nn::ops::silu(&gate).unwrap() * up).unwrap();
-            assert_eq!(bits(&gate_up.silu_gated(&x).unwrap()), bits(&expected));
-        }
-        let mixed = [GgmlDType::Q8_0, GgmlDType::Q4K].map(|dtype| linear(&quantized(32, dtype)));
-        assert!(matches!(
-            Projections::new(mixed.into()),
-            Projections::Separate(parts) if parts.len() == 2
-        ));
-    }
 }

@@ -100,40 +100,6 @@ impl Q4Weight {
         Ok(Some(w))
     }
 
-    /// Output rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// The rows of `parts` one under the other, as one weight; `None` unless all have the
-    /// same width.
-    pub fn stack(parts: &[&Q4Weight]) -> Option<Self> {
-        let (cols, padded) = parts.first().map(|p| (p.cols, p.padded))?;
-        if parts.iter().any(|p| p.cols != cols) {
-            return None;
-        }
-        Some(Q4Weight {
-            rows: parts.iter().map(|p| p.rows).sum(),
-            cols,
-            padded,
-            scales: parts
-                .iter()
-                .map(|p| p.scales.as_slice())
-                .collect::<Vec<_>>()
-                .concat(),
-            offsets: parts
-                .iter()
-                .map(|p| p.offsets.as_slice())
-                .collect::<Vec<_>>()
-                .concat(),
-            quants: parts
-                .iter()
-                .map(|p| p.quants.as_slice())
-                .collect::<Vec<_>>()
-                .concat(),
-        })
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         ((self.scales.len() + self.offsets.len()) * 4 + self.quants.len()) as u64

@@ -83,34 +83,6 @@ impl Q6Weight {
         Ok(Some(w))
     }
 
-    /// Output rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// The rows of `parts` one under the other, as one weight; `None` unless all have the
-    /// same width.
-    pub fn stack(parts: &[&Q6Weight]) -> Option<Self> {
-        let cols = parts.first()?.cols;
-        if parts.iter().any(|p| p.cols != cols) {
-            return None;
-        }
-        Some(Q6Weight {
-            rows: parts.iter().map(|p| p.rows).sum(),
-            cols,
-            scales: parts
-                .iter()
-                .map(|p| p.scales.as_slice())
-                .collect::<Vec<_>>()
-                .concat(),
-            quants: parts
-                .iter()
-                .map(|p| p.quants.as_slice())
-                .collect::<Vec<_>>()
-                .concat(),
-        })
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         (self.scales.len() * 4 + self.quants.len()) as u64
