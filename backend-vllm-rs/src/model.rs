@@ -222,30 +222,27 @@ impl Projections {
     /// it is one pass over the matmul's output into the result, so a prefill chunk holds one
     /// activation-sized buffer beside that output, not two (`silu(gate)`, then the product).
     pub fn silu_gated(&self, x: &Tensor) -> Result<Tensor> {
-        let Projections::Stacked(weight, rows) = self else {
-            let [gate, up] = projections::<2>(self.forward(x)?)?;
-            return Ok((candle_nn::ops::silu(&gate)? * up)?);
+        let both = match self {
+            Projections::Stacked(weight, rows) if matches!(rows[..], [g, u] if g == u) => {
+                weight.forward(x)?
+            }
+            _ => {
+                let [gate, up] = projections::<2>(self.forward(x)?)?;
+                return Ok((candle_nn::ops::silu(&gate)? * up)?);
+            }
         };
-        let &[n, up_rows] = rows.as_slice() else {
-            return Err(shape_error(format!(
-                "{} projections for a gate and an up",
-                rows.len()
-            )));
-        };
-        if n != up_rows {
-            return Err(shape_error(format!(
-                "a gate of {n} rows and an up of {up_rows}"
-            )));
-        }
-        let both = weight.forward(x)?;
-        let m = both.dim(0)?;
+        let (m, width) = both.dims2()?;
+        let n = width / 2;
         let (storage, layout) = both.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(shape_error(
-                "the gated activation is computed in CPU memory only".into(),
-            ));
+        let values = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(cpu), Some((start, end))) if both.dtype() == DType::F32 => {
+                &cpu.as_slice::<f32>()?[start..end]
+            }
+            _ => {
+                let (gate, up) = (both.narrow(1, 0, n)?, both.narrow(1, n, n)?);
+                return Ok((candle_nn::ops::silu(&gate)? * up)?);
+            }
         };
-        let values = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * 2 * n];
         let mut out = Vec::with_capacity(m * n);
         for row in values.chunks_exact(2 * n) {
             let (gate, up) = row.split_at(n);
