@@ -107,8 +107,9 @@ fn quantize_portable(xs: &[f32]) -> Q8Rows {
 
 /// As [`quantize_portable`], 16 values an instruction: rounding half away from zero is
 /// truncating `x + copysign(0.49999997, x)` (how LLVM itself lowers `f32::round` on x86);
-/// the rounded values are whole numbers within ±127, or NaN, which converts to `i32::MIN`
-/// and so to a 0 byte, as `NaN as i8` is.
+/// the rounded values are clamped to -128..=127 as `as i8` saturates (they exceed ±127 only
+/// where the scale's inverse overflows, in blocks of subnormal values), and NaN, kept by the
+/// clamp, converts to `i32::MIN` and so to a 0 byte, as `NaN as i8` is.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn quantize_avx512(xs: &[f32]) -> Q8Rows {
@@ -118,6 +119,7 @@ fn quantize_avx512(xs: &[f32]) -> Q8Rows {
         unsafe {
             let sign = _mm512_set1_epi32(i32::MIN);
             let almost_half = _mm512_castps_si512(_mm512_set1_ps(0.49999997));
+            let (low, high) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
             for half in 0..2 {
                 let v = _mm512_mul_ps(
                     _mm512_loadu_ps(block.as_ptr().add(16 * half)),
@@ -128,7 +130,9 @@ fn quantize_avx512(xs: &[f32]) -> Q8Rows {
                 let rounded = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
                     _mm512_add_ps(v, _mm512_castsi512_ps(nudge)),
                 );
-                let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(rounded));
+                // With NaN second, `min` and `max` return it (x86's rule), as `as i8` maps it to 0.
+                let clamped = _mm512_max_ps(low, _mm512_min_ps(high, rounded));
+                let bytes = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(clamped));
                 _mm_storeu_si128(q.as_mut_ptr().add(16 * half).cast(), bytes);
             }
         }
@@ -180,12 +184,16 @@ mod tests {
                 k => (i % 64 + k) as f32 - 40.5,
             })
             .collect();
-        // Magnitudes far apart, and blocks holding an infinity and a NaN.
-        let mut odd: Vec<f32> = (0..96)
+        // Magnitudes far apart, blocks holding an infinity and a NaN, and a block of
+        // subnormal values (the inverse of its scale overflows to infinity).
+        let mut odd: Vec<f32> = (0..128)
             .map(|i| (i as f32 * 1.37).sin() * 10f32.powi(i % 9 - 4))
             .collect();
         odd[40] = f32::INFINITY;
         odd[70] = f32::NAN;
+        for (k, v) in odd[96..].iter_mut().enumerate() {
+            *v = (k as f32 - 16.0) * 1e-40;
+        }
         for values in [&xs[..], &ties[..], &odd[..]] {
             let (fast, portable) = (Q8Rows::quantize(values), quantize_portable(values));
             assert_eq!(fast.quants, portable.quants);
