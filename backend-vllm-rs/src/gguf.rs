@@ -310,22 +310,13 @@ impl GgufFile {
             };
             tensors.push(fast_form(t, name, device)?);
         }
-        let linear = |t: QTensor, name: &str| {
-            QMatMul::from_qtensor(t)
-                .and_then(Linear::new)
-                .map_err(|e| GgufError::Tensor {
-                    name: name.to_string(),
-                    reason: e.to_string(),
-                })
-        };
-        match stack_rows(&tensors, device) {
-            Some(Ok((stacked, rows))) => {
-                Ok(Projections::Stacked(linear(stacked, &parts[0].0)?, rows))
-            }
-            Some(Err(e)) => Err(GgufError::Tensor {
-                name: parts[0].0.clone(),
-                reason: e.to_string(),
-            }),
+        let first = &parts[0].0;
+        let stacked = stack_rows(&tensors, device).map_err(|e| GgufError::Tensor {
+            name: first.clone(),
+            reason: e.to_string(),
+        })?;
+        match stacked {
+            Some((stacked, rows)) => Ok(Projections::Stacked(linear(stacked, first)?, rows)),
             None => tensors
                 .into_iter()
                 .zip(parts)
@@ -449,7 +440,12 @@ fn needs_fast_form(dtype: GgmlDType) -> bool {
 /// The matmul of `t` (see [`Linear::new`]); Q5_0 becomes Q8_0 (AVX2 and AVX-512 kernels) with identical values,
 /// its 5-bit integers fitting Q8_0's 8 under the same scale.
 fn matmul_form(t: QTensor, name: &str, device: &Device) -> Result<Linear, GgufError> {
-    QMatMul::from_qtensor(fast_form(t, name, device)?)
+    linear(fast_form(t, name, device)?, name)
+}
+
+/// The matmul of `t` as it is.
+fn linear(t: QTensor, name: &str) -> Result<Linear, GgufError> {
+    QMatMul::from_qtensor(t)
         .and_then(Linear::new)
         .map_err(|e| GgufError::Tensor {
             name: name.to_string(),
@@ -474,30 +470,33 @@ fn fast_form(t: QTensor, name: &str, device: &Device) -> Result<QTensor, GgufErr
 fn stack_rows(
     parts: &[QTensor],
     device: &Device,
-) -> Option<candle_core::Result<(QTensor, Vec<usize>)>> {
-    let dims: Option<Vec<(usize, usize)>> = parts.iter().map(|t| t.shape().dims2().ok()).collect();
-    let dims = dims?;
-    let (dtype, cols) = (parts.first()?.dtype(), dims.first()?.1);
+) -> candle_core::Result<Option<(QTensor, Vec<usize>)>> {
+    let Some(dims) = parts
+        .iter()
+        .map(|t| t.shape().dims2().ok())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let (Some(first), Some(&(_, cols))) = (parts.first(), dims.first()) else {
+        return Ok(None);
+    };
+    let dtype = first.dtype();
     if parts
         .iter()
         .zip(&dims)
         .any(|(t, d)| t.dtype() != dtype || d.1 != cols)
     {
-        return None;
+        return Ok(None);
     }
-    let stacked = || {
-        let mut bytes = Vec::new();
-        for t in parts {
-            bytes.extend_from_slice(&t.data()?);
-        }
-        let rows: Vec<usize> = dims.iter().map(|d| d.0).collect();
-        let storage = QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
-        Ok((
-            QTensor::new(storage, (rows.iter().sum::<usize>(), cols))?,
-            rows,
-        ))
-    };
-    Some(stacked())
+    let data = parts
+        .iter()
+        .map(QTensor::data)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let storage = QStorage::from_data(Cow::Owned(data.concat()), device, dtype)?;
+    let rows: Vec<usize> = dims.iter().map(|d| d.0).collect();
+    let stacked = QTensor::new(storage, (rows.iter().sum::<usize>(), cols))?;
+    Ok(Some((stacked, rows)))
 }
 
 /// Bytes of a Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.
@@ -636,7 +635,7 @@ mod tests {
             }
         }
         let mixed = [GgmlDType::Q8_0, GgmlDType::Q4K].map(|dtype| quantized(32, dtype));
-        assert!(stack_rows(&mixed, &device).is_none());
+        assert!(stack_rows(&mixed, &device).unwrap().is_none());
     }
 
     #[test]

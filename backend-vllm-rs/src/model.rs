@@ -222,13 +222,14 @@ impl Projections {
     /// it is one pass over the matmul's output into the result, so a prefill chunk holds one
     /// activation-sized buffer beside that output, not two (`silu(gate)`, then the product).
     pub fn silu_gated(&self, x: &Tensor) -> Result<Tensor> {
+        let candle_ops = |gate: &Tensor, up: &Tensor| Ok((candle_nn::ops::silu(gate)? * up)?);
         let both = match self {
             Projections::Stacked(weight, rows) if matches!(rows[..], [g, u] if g == u) => {
                 weight.forward(x)?
             }
             _ => {
                 let [gate, up] = projections::<2>(self.forward(x)?)?;
-                return Ok((candle_nn::ops::silu(&gate)? * up)?);
+                return candle_ops(&gate, &up);
             }
         };
         let (m, width) = both.dims2()?;
@@ -238,10 +239,7 @@ impl Projections {
             (Storage::Cpu(cpu), Some((start, end))) if both.dtype() == DType::F32 => {
                 &cpu.as_slice::<f32>()?[start..end]
             }
-            _ => {
-                let (gate, up) = (both.narrow(1, 0, n)?, both.narrow(1, n, n)?);
-                return Ok((candle_nn::ops::silu(&gate)? * up)?);
-            }
+            _ => return candle_ops(&both.narrow(1, 0, n)?, &both.narrow(1, n, n)?),
         };
         let mut out = Vec::with_capacity(m * n);
         for row in values.chunks_exact(2 * n) {
@@ -716,17 +714,13 @@ impl Model {
     }
 }
 
-fn shape_error(message: String) -> ModelError {
-    ModelError(candle_core::Error::Msg(message))
-}
-
 /// The `N` outputs of a layer's [`Projections`].
 fn projections<const N: usize>(outs: Vec<Tensor>) -> Result<[Tensor; N]> {
     outs.try_into().map_err(|outs: Vec<Tensor>| {
-        shape_error(format!(
+        ModelError(candle_core::Error::Msg(format!(
             "{} projections where the layer has {N}",
             outs.len()
-        ))
+        )))
     })
 }
 
