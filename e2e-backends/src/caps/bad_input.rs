@@ -633,7 +633,8 @@ async fn before_load(ctx: &Context) -> Result<(), CheckError> {
             let mut client = ctx.loaded_client().await?;
             client.free(HealthMessage {}).await.rpc("Free")?;
             ctx.forget_load().await;
-            (client, "after Free")
+            // A worker may close its connections after Free (see `lifecycle::free`).
+            (ctx.client().await?, "after Free")
         }
     };
     let predict = client.predict(probe.clone()).await.err();

@@ -7,7 +7,9 @@ use super::{CheckError, Rpc, Verdict, ensure};
 use crate::context::Context;
 
 /// Free succeeds; then Status says UNINITIALIZED, Predict and TokenizeString are
-/// FAILED_PRECONDITION (no model), and LoadModel works again.
+/// FAILED_PRECONDITION (no model), and LoadModel works again. The calls after Free go over a
+/// new connection, as LocalAI makes one a call: a worker may close its connections after
+/// Free (ours restart in place to hand their memory back).
 pub async fn free(ctx: &Context) -> Result<Verdict, CheckError> {
     let mut client = ctx.loaded_client().await?;
     let freed = client.free(HealthMessage {}).await.rpc("Free");
@@ -18,6 +20,7 @@ pub async fn free(ctx: &Context) -> Result<Verdict, CheckError> {
         "Free answered success=false: {}",
         freed.message
     );
+    let mut client = ctx.client().await?;
     let status = client.status(HealthMessage {}).await.rpc("Status")?;
     ensure!(
         status.state == State::Uninitialized as i32,
