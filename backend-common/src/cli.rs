@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT (IPv6 as [::1]:PORT).
     #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: ListenAddr,
+    /// After Free, replace the process image with a fresh one (same PID, arguments and
+    /// listening socket) so all the memory the model's load touched goes back to the system;
+    /// open connections are closed gracefully ([`crate::restart`]). `false` keeps the process.
+    #[arg(
+        long,
+        env = "LOCALAI_BACKEND_RESTART_ON_FREE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub restart_on_free: bool,
 }
 
 /// Arguments of the `render` subcommand: print the prompt a request renders to through the
@@ -147,6 +158,17 @@ mod tests {
         assert_eq!(a.serve.addr.to_string(), "127.0.0.1:5000");
         let d = Cli::try_parse_from(["w"]).unwrap();
         assert_eq!(d.serve.addr.to_string(), DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn restart_on_free_is_on_unless_turned_off() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.serve.restart_on_free);
+        assert!(parse(&["w"]).unwrap());
+        for off in ["false", "no", "0", "off"] {
+            assert!(!parse(&["w", "--restart-on-free", off]).unwrap(), "{off}");
+        }
+        assert!(parse(&["w", "--restart-on-free=yes"]).unwrap());
+        assert!(parse(&["w", "--restart-on-free=maybe"]).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod parsers;
 pub mod pb;
 pub mod reply;
 pub mod request;
+pub mod restart;
 pub mod sampling;
 pub mod score;
 pub mod server;

@@ -55,6 +55,9 @@ pub fn capped(message: String) -> String {
     format!("{}{note}", &message[..end])
 }
 
+/// How long a restart after Free waits for open connections to finish their calls.
+pub const RESTART_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Environment variable holding the bearer token every call must carry, when set.
 pub const AUTH_TOKEN_ENV: &str = "LOCALAI_GRPC_AUTH_TOKEN";
 
@@ -142,11 +145,24 @@ pub struct BackendService<E: Engine> {
     generations: Arc<Generations>,
     shutdown: watch::Receiver<bool>,
     next_request: AtomicU64,
+    /// Where a Free asks for the process to restart ([`crate::restart`]); `None` when Free
+    /// keeps the process.
+    restart: Option<Arc<tokio::sync::Notify>>,
+    /// Set once a LoadModel has reached the engine: only then has the process anything to
+    /// hand back.
+    touched: AtomicBool,
+    /// Set by the Free that asked for a restart: a model loaded after it would be lost.
+    restarting: AtomicBool,
 }
 
 impl<E: Engine> BackendService<E> {
-    /// A service that stops running generations when `shutdown` turns true.
-    pub fn new(engine: Arc<E>, shutdown: watch::Receiver<bool>) -> Self {
+    /// A service that stops running generations when `shutdown` turns true and, when
+    /// `restart` is given, notifies it after a Free that follows a load.
+    pub fn new(
+        engine: Arc<E>,
+        shutdown: watch::Receiver<bool>,
+        restart: Option<Arc<tokio::sync::Notify>>,
+    ) -> Self {
         BackendService {
             engine,
             served: Arc::new(RwLock::new(None)),
@@ -155,6 +171,9 @@ impl<E: Engine> BackendService<E> {
             generations: Arc::new(Generations::default()),
             shutdown,
             next_request: AtomicU64::new(1),
+            restart,
+            touched: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
         }
     }
 
@@ -349,6 +368,12 @@ impl<E: Engine> Backend for BackendService<E> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let _one_at_a_time = self.loading.lock().await;
+        if self.restarting.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "the worker is restarting after Free to hand its memory back; call LoadModel again (on a new connection)",
+            ));
+        }
+        self.touched.store(true, Ordering::SeqCst);
         let engine = Arc::clone(&self.engine);
         let slot = Arc::clone(&self.served);
         let outcome = blocking(span.clone(), move || {
@@ -514,8 +539,16 @@ impl<E: Engine> Backend for BackendService<E> {
         })
         .await?;
         self.state.set_load_error(None);
+        let message = match &self.restart {
+            Some(restart) if self.touched.load(Ordering::SeqCst) => {
+                self.restarting.store(true, Ordering::SeqCst);
+                restart.notify_one();
+                "model freed; the worker restarts in place to hand its memory back"
+            }
+            _ => "model freed",
+        };
         Ok(Response::new(pb::Result {
-            message: "model freed".to_string(),
+            message: message.to_string(),
             success: true,
         }))
     }
@@ -658,27 +691,113 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-/// Serves `engine` on `args.addr` until `shutdown` completes; running generations then
-/// stop at their next token and their streams end with a final chunk.
+/// Serves `engine` on `args.addr` (or on the socket a previous image handed over,
+/// [`crate::restart`]) until `shutdown` completes; running generations then stop at their
+/// next token and their streams end with a final chunk. With `args.restart_on_free`, a Free
+/// after a load ends the same way and then replaces the process image; where that fails,
+/// serving goes on in this process.
 pub async fn serve<E: Engine>(
     engine: E,
     args: &ServeArgs,
     auth_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let host = args.addr.host.trim_start_matches('[').trim_end_matches(']');
-    let listener = tokio::net::TcpListener::bind((host, args.addr.port))
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: args.addr.to_string(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+    let bind_error = |source| ServeError::Bind {
         addr: args.addr.to_string(),
         source,
-    })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let service = BackendServer::new(BackendService::new(Arc::new(engine), stop_rx))
+    };
+    let listener = match crate::restart::inherited_listener() {
+        Some(listener) => listener,
+        None => {
+            let host = args.addr.host.trim_start_matches('[').trim_end_matches(']');
+            let listener = tokio::net::TcpListener::bind((host, args.addr.port))
+                .await
+                .map_err(bind_error)?;
+            listener.into_std().map_err(bind_error)?
+        }
+    };
+    let local = listener.local_addr().map_err(bind_error)?;
+    let engine = Arc::new(engine);
+    let auth = BearerAuth {
+        expected: auth_token
+            .filter(|t| !t.is_empty())
+            .map(|t| Arc::from(t.into_bytes())),
+    };
+    tracing::info!(addr = %local, auth = auth.expected.is_some(), "backend listening");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // tonic closes the socket it accepts from once it stops accepting; this copy keeps
+        // it open, so connection attempts wait in its backlog for the next image.
+        let accepting =
+            tokio::net::TcpListener::from_std(listener.try_clone().map_err(bind_error)?)
+                .map_err(bind_error)?;
+        let restart = args
+            .restart_on_free
+            .then(|| Arc::new(tokio::sync::Notify::new()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let service = BackendService::new(Arc::clone(&engine), stop_rx, restart.clone());
+        let restarting = AtomicBool::new(false);
+        let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+        let stopping = async {
+            let freed = async {
+                match &restart {
+                    Some(restart) => restart.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => tracing::info!("shutting down: finishing running requests"),
+                _ = freed => {
+                    restarting.store(true, Ordering::SeqCst);
+                    let _ = draining_tx.send(());
+                    tracing::info!("model freed: restarting in place once running requests end");
+                }
+            }
+            let _ = stop_tx.send(true);
+        };
+        // A client that neither reads nor closes would hold the restart, and with it the
+        // listening socket, forever; past the limit the new image takes over regardless.
+        let overdue = async {
+            match draining.await {
+                Ok(()) => tokio::time::sleep(RESTART_DRAIN_LIMIT).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = serve_until(service, auth.clone(), accepting, stopping) => served?,
+            _ = overdue => tracing::warn!(
+                "connections still open {RESTART_DRAIN_LIMIT:?} after Free; restarting regardless"
+            ),
+        }
+        if !restarting.load(Ordering::SeqCst) {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        // A stop asked for while the restart drained wins over it (`shutdown` has not
+        // completed on this path, so it may be polled again).
+        let stop_asked = tokio::select! {
+            biased;
+            _ = &mut shutdown => true,
+            _ = std::future::ready(()) => false,
+        };
+        if stop_asked {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        let error = crate::restart::exec_fresh(&listener);
+        tracing::error!(%error, "cannot replace the process image after Free; serving on in this process");
+    }
+}
+
+/// Serves `service` (with reflection, auth and message limits) on `listener` until
+/// `stopping` completes and the open connections have closed.
+async fn serve_until<E: Engine>(
+    service: BackendService<E>,
+    auth: BearerAuth,
+    listener: tokio::net::TcpListener,
+    stopping: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = BackendServer::new(service)
         .max_decoding_message_size(MESSAGE_LIMIT)
         .max_encoding_message_size(MESSAGE_LIMIT);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -687,17 +806,6 @@ pub async fn serve<E: Engine>(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let auth = BearerAuth {
-        expected: auth_token
-            .filter(|t| !t.is_empty())
-            .map(|t| Arc::from(t.into_bytes())),
-    };
-    tracing::info!(addr = %local, auth = auth.expected.is_some(), "backend listening");
-    let stopping = async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing running requests");
-        let _ = stop_tx.send(true);
-    };
     tonic::transport::Server::builder()
         .layer(InterceptorLayer::new(auth))
         .layer(MessageLimitLayer::new(MESSAGE_LIMIT))
@@ -709,7 +817,6 @@ pub async fn serve<E: Engine>(
             stopping,
         )
         .await?;
-    tracing::info!("stopped");
     Ok(())
 }
 

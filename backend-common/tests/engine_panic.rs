@@ -103,6 +103,7 @@ async fn a_panic_in_a_stream_ends_it_with_internal_and_the_model_keeps_serving()
         .port();
     let args = ServeArgs {
         addr: parse_addr(&format!("127.0.0.1:{port}")).unwrap(),
+        restart_on_free: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

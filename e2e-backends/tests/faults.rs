@@ -790,7 +790,7 @@ fn serve_double() -> anyhow::Result<()> {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let engine = ScriptEngine { fault };
         let service = FaultService {
-            inner: Arc::new(BackendService::new(Arc::new(engine), shutdown)),
+            inner: Arc::new(BackendService::new(Arc::new(engine), shutdown, None)),
             fault,
             token: std::env::var(AUTH_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
             streams: Arc::new(AtomicUsize::new(0)),
