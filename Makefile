@@ -169,7 +169,7 @@ JUNIT_DIR ?= $(TARGET_DIR)/junit
 # Upstream's caps for each target (LocalAI's Makefile), then ours on top.
 UPSTREAM_LLAMA_CAPS = health,load,predict,stream,logprobs,logit_bias
 UPSTREAM_VLLM_CAPS = health,load,predict,stream,tools
-OUR_CAPS = embeddings,tokenize,tokenize_length,stream_tools,grammar,json_schema,detokenize,model_identity,metrics,score,metadata,bad_input
+OUR_CAPS = embeddings,tokenize,tokenize_length,stream_tools,grammar,json_schema,detokenize,model_identity,metrics,score,metadata,bad_input,free
 LLAMA_CAPS ?= $(UPSTREAM_LLAMA_CAPS),tools,$(OUR_CAPS)
 VLLM_CAPS ?= $(UPSTREAM_VLLM_CAPS),logprobs,logit_bias,$(OUR_CAPS)
 QWEN_GGUF = $(MODELS_DIR)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

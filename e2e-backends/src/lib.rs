@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod container;
 pub mod context;
+pub mod free;
 pub mod image;
 pub mod junit;
 pub mod model_swap;
