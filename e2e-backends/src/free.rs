@@ -9,7 +9,7 @@ use backend_common::pb::status_response::State;
 use backend_common::pb::{HealthMessage, PredictOptions};
 
 use crate::client::Client;
-use crate::testing::{collect, load, load_options, memory_field, raw, text};
+use crate::testing::{collect, load, load_options, peak_rss, raw, text};
 use crate::worker::Worker;
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -33,7 +33,7 @@ async fn status(client: &mut Client) -> State {
 /// Peak resident bytes of `pid` (a new image starts its own count); the largest number
 /// while it cannot be read.
 fn peak(pid: u32) -> u64 {
-    memory_field(pid, "VmHWM").unwrap_or(u64::MAX)
+    peak_rss(pid).unwrap_or(u64::MAX)
 }
 
 /// Free restarts `binary`'s worker in place (see the module's text).
