@@ -72,7 +72,9 @@ fn quantize_fn() -> fn(&[f32]) -> Q8Rows {
     {
         // SAFETY: `pick` returns this form only on a CPU with AVX-512.
         let avx512: fn(&[f32]) -> Q8Rows = |xs| unsafe { quantize_avx512(xs) };
-        crate::isa::pick(avx512, quantize_portable, quantize_portable)
+        // SAFETY: `pick` returns this form only on a CPU with AVX2.
+        let avx2: fn(&[f32]) -> Q8Rows = |xs| unsafe { quantize_avx2(xs) };
+        crate::isa::pick(avx512, avx2, quantize_portable)
     }
     #[cfg(not(target_arch = "x86_64"))]
     quantize_portable
@@ -139,6 +141,49 @@ fn quantize_avx512(xs: &[f32]) -> Q8Rows {
     })
 }
 
+/// As [`quantize_avx512`], 8 values an instruction. The converted values are cut to their
+/// low byte, as there, rather than packed with saturation, so that NaN's `i32::MIN` gives
+/// 0 (every other value is already within -128..=127).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(xs: &[f32]) -> Q8Rows {
+    use std::arch::x86_64::*;
+    quantize_with(xs, |block, inv, q| {
+        // SAFETY: 8-value quarters of a 32-value block, and its 32 quants.
+        unsafe {
+            let sign = _mm256_set1_epi32(i32::MIN);
+            let almost_half = _mm256_castps_si256(_mm256_set1_ps(0.49999997));
+            let (low, high) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+            let mut ints = [_mm256_setzero_si256(); 4];
+            for (quarter, ints) in ints.iter_mut().enumerate() {
+                let v = _mm256_mul_ps(
+                    _mm256_loadu_ps(block.as_ptr().add(8 * quarter)),
+                    _mm256_set1_ps(inv),
+                );
+                let nudge =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_castps_si256(v), sign), almost_half);
+                let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
+                    _mm256_add_ps(v, _mm256_castsi256_ps(nudge)),
+                );
+                let clamped = _mm256_max_ps(low, _mm256_min_ps(high, rounded));
+                let converted = _mm256_cvtps_epi32(clamped);
+                // NaN's i32::MIN to 0, its low byte, before the saturating packs below.
+                *ints = _mm256_andnot_si256(_mm256_cmpeq_epi32(converted, sign), converted);
+            }
+            let words = (
+                _mm256_packs_epi32(ints[0], ints[1]),
+                _mm256_packs_epi32(ints[2], ints[3]),
+            );
+            // The packs work within 128-bit halves: put the 4-byte runs back in order.
+            let bytes = _mm256_permutevar8x32_epi32(
+                _mm256_packs_epi16(words.0, words.1),
+                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+            );
+            _mm256_storeu_si256(q.as_mut_ptr().cast(), bytes);
+        }
+    })
+}
+
 /// Quantized activation rows as the integer kernels read them.
 pub struct Acts<'a> {
     /// Rows of `cols` quants.
@@ -162,6 +207,23 @@ impl Acts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `values` quantized by every SIMD form this CPU runs.
+    fn simd_forms(values: &[f32]) -> Vec<Q8Rows> {
+        let mut forms = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was detected just above.
+                forms.push(unsafe { quantize_avx2(values) });
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512 was detected just above.
+                forms.push(unsafe { quantize_avx512(values) });
+            }
+        }
+        forms
+    }
 
     #[test]
     fn blocks_round_trip_within_half_a_step() {
@@ -195,9 +257,11 @@ mod tests {
             *v = (k as f32 - 16.0) * 1e-40;
         }
         for values in [&xs[..], &ties[..], &odd[..]] {
-            let (fast, portable) = (Q8Rows::quantize(values), quantize_portable(values));
-            assert_eq!(fast.quants, portable.quants);
-            assert_eq!(fast.scales, portable.scales);
+            let portable = quantize_portable(values);
+            for fast in simd_forms(values) {
+                assert_eq!(fast.quants, portable.quants);
+                assert_eq!(fast.scales, portable.scales);
+            }
         }
         // Zero padding adds blocks of zeros with scale 0.
         let p = Q8Rows::quantize_padded(&xs[..64], 32, 64);
