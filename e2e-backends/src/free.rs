@@ -123,9 +123,13 @@ pub async fn keeps_the_process_when_told(binary: &Path) {
     assert_eq!(status(&mut client).await, State::Uninitialized);
     load(&mut client, load_options(MODEL)).await;
     assert_eq!(greedy(&mut client).await, before);
+    // The kernel's peak figure is not strictly monotonic (it is taken lazily, from per-CPU
+    // counters), so the test looks for what a new image shows: a peak of a few MiB, under
+    // half of the loaded one, as `restarts_in_place` waits for.
+    let after = peak(pid);
     assert!(
-        peak(pid) >= loaded,
-        "the peak fell from {loaded}: the image was replaced"
+        after >= loaded / 2,
+        "the peak fell from {loaded} to {after}: the image was replaced"
     );
     worker.stop(Duration::from_secs(10)).await.unwrap();
 }
